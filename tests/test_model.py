@@ -1,0 +1,81 @@
+"""The denoiser: its input layout, gradients, save/load, and learning a few sentences."""
+
+import torch
+
+from textdiff.config import ModelConfig, ProcessConfig, SampleConfig
+from textdiff.gaussian import GaussianProcess
+from textdiff.modeling import TextDiffusionConfig, TextDiffusionModel, sinusoidal
+from textdiff.rounding import Rounder
+
+
+def tiny_model(vocab=30, seq_len=8, **kw) -> TextDiffusionModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=vocab, seq_len=seq_len, embed_dim=8, pos_dim=8, hidden_size=64,
+                      num_layers=2, num_heads=4, dropout=0.0, **kw)
+    return TextDiffusionModel(TextDiffusionConfig.from_parts(cfg, ProcessConfig(), SampleConfig()))
+
+
+def test_positions_are_concatenated_unnoised_and_the_word_part_is_noised():
+    model = tiny_model()
+    p = GaussianProcess("sqrt")
+    seen = []
+    model.in_proj.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
+    ids = torch.randint(0, 30, (3, 8))
+    x0 = model.embed(ids)
+    inputs = []
+    for t in (0.05, 0.5, 0.95):
+        x_t, _ = p.q_sample(x0, t, generator=torch.Generator().manual_seed(0))
+        model(x_t, torch.full((3,), t))
+        inputs.append(x_t)
+    e = sinusoidal(torch.arange(8), 8)
+    for H, x_t in zip(seen, inputs):
+        assert H.shape == (3, 8, 16)
+        assert torch.equal(H[..., :8], x_t)  # H_t = [h_t ; e]: the word part is h_t ...
+        assert torch.equal(H[..., 8:], e.expand(3, 8, 8))  # ... and e is the same for every t
+    assert not torch.equal(seen[0][..., :8], seen[2][..., :8])
+    assert not any("position" in n for n, _ in model.named_parameters())  # e is not trained
+
+
+def test_gradients_reach_every_parameter():
+    model = tiny_model()
+    ids = torch.randint(0, 30, (4, 8))
+    GaussianProcess("sqrt").loss(model, ids).loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_logits_head_and_readout_shapes():
+    model = tiny_model(output="logits")
+    x = torch.randn(2, 8, 8)
+    assert model(x, torch.rand(2)).shape == (2, 8, 30)
+    assert model.logits(x).shape == (2, 8, 30)
+
+
+def test_save_and_reload_give_identical_outputs(tmp_path):
+    model = tiny_model().eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    again = TextDiffusionModel.from_pretrained(tmp_path).eval()
+    x, t = torch.randn(2, 8, 8), torch.rand(2)
+    assert torch.equal(model(x, t), again(x, t))
+    assert again.config.process_config() == model.config.process_config()
+
+
+def test_tiny_model_overfits_and_generates_its_sentences():
+    sentences = torch.tensor([[3, 4, 5, 6, 7, 1, 0, 0], [8, 9, 10, 1, 0, 0, 0, 0],
+                              [11, 4, 12, 13, 14, 15, 1, 0], [16, 17, 18, 19, 1, 0, 0, 0]])
+    model = tiny_model(vocab=20)
+    p = GaussianProcess("sqrt")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(600):
+        batch = sentences[torch.randint(0, 4, (32,), generator=gen)]
+        loss = p.loss(model, batch, generator=gen).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    out = p.sample(model, (16, 8), steps=50, sampler="ddim", rounder=Rounder(
+        model.word_embedding.weight), generator=torch.Generator().manual_seed(1))
+    matches = [any(torch.equal(row, s) for s in sentences) for row in out.ids]
+    assert sum(matches) >= 14, out.ids

@@ -1,0 +1,279 @@
+"""Gaussian diffusion on word embeddings (DESIGN.md §2).
+
+Notation: ``x0 = E[w]`` the clean embeddings (B, L, d); ``x_t`` the noised word part ``h_t``;
+``ᾱ_t = ᾱ(t)`` from the schedule; for two times ``s < t``: ``α_{t|s} = ᾱ_t / ᾱ_s``,
+``β_{t|s} = 1 − α_{t|s}``; ``SNR(t) = ᾱ_t / (1 − ᾱ_t)``.
+
+The chain starts at the latent ``h_0`` at ``t = 0``: ``q(h_0 | w) = N(√ᾱ(0) E[w], σ_0² I)`` with
+``σ_0² = 1 − ᾱ(0)`` (0.01 for the sqrt schedule, 1e-4 for linear / cosine). Every transition of
+the bound, the one that produces ``h_0`` included, is a KL between two Gaussians, and the bound
+ends with the rounding term ``−log p_θ(w | h_0)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .process import (
+    BoundTerms,
+    Denoiser,
+    ForwardProcess,
+    LossTerms,
+    Progress,
+    SampleOutput,
+    stratified_times,
+)
+from .samplers import gaussian_sample
+from .schedules import Schedule, get_schedule
+
+PREDICTIONS = ("x0", "eps")
+EPS_WEIGHTINGS = ("simple", "vlb")
+
+
+def _bcast(v: Tensor, like: Tensor) -> Tensor:
+    """A per-sequence (B,) or scalar float64 value as ``like``'s dtype, broadcastable to it."""
+    v = v.to(device=like.device, dtype=like.dtype)
+    return v.reshape(v.shape + (1,) * (like.dim() - v.dim()))
+
+
+class GaussianProcess(ForwardProcess):
+    """``q(h_t | h_0)``, its posterior, prior KL and parameterization conversions, the
+    Diffusion-LM loss, the NLL bound and the samplers' entry point.
+
+    Args:
+        schedule: ``ᾱ(t)`` (an instance or a registered name).
+        prediction: what the network outputs, ``"x0"`` (Diffusion-LM, default) or ``"eps"``.
+        num_steps: the grid ``T`` of the discrete bound and of ``eps_weighting="vlb"``
+            (Diffusion-LM uses 2000); ``None`` uses the continuous-time limit.
+        eps_weighting: for ``prediction="eps"``, ``"simple"`` (L_simple) or ``"vlb"`` (exact).
+    """
+
+    name = "gaussian"
+
+    def __init__(
+        self,
+        schedule: Schedule | str = "sqrt",
+        prediction: str = "x0",
+        num_steps: int | None = 2000,
+        eps_weighting: str = "simple",
+    ):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
+        if eps_weighting not in EPS_WEIGHTINGS:
+            raise ValueError(
+                f"unknown eps_weighting {eps_weighting!r}; choose one of {EPS_WEIGHTINGS}"
+            )
+        if num_steps is not None and num_steps < 2:
+            raise ValueError(f"num_steps must be ≥ 2 or None (continuous), got {num_steps}")
+        self.schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
+        self.prediction, self.num_steps, self.eps_weighting = prediction, num_steps, eps_weighting
+
+    # ---------------------------------------------------------------- closed forms, §2
+    def alpha_bar(self, t: Tensor | float) -> Tensor:
+        """``ᾱ(t)``, float64."""
+        return self.schedule.alpha_bar(t)
+
+    def q_sample(
+        self,
+        x0: Tensor,
+        t: Tensor | float,
+        eps: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Forward closed form ``h_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε`` (DESIGN.md §2, "Forward").
+
+        Returns ``(x_t, eps)``, both shaped like ``x0`` (B, L, d); ``t`` is a scalar or (B,).
+        """
+        if eps is None:
+            eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        a = _bcast(self.alpha_bar(t), x0)
+        return a.sqrt() * x0 + (1 - a).sqrt() * eps, eps
+
+    def posterior(
+        self, x_t: Tensor, x0: Tensor, t: Tensor | float, s: Tensor | float
+    ) -> tuple[Tensor, Tensor]:
+        """``q(h_s | h_t, h_0) = N(μ̃, β̃ I)`` for ``s < t`` (DESIGN.md §2, "Posterior"):
+
+        ``μ̃ = √ᾱ_s β_{t|s} / (1 − ᾱ_t) · x0 + √α_{t|s} (1 − ᾱ_s) / (1 − ᾱ_t) · x_t``,
+        ``β̃ = β_{t|s} (1 − ᾱ_s) / (1 − ᾱ_t)``. Returns ``(mean, variance)``; the variance is
+        a per-sequence tensor broadcastable to ``x_t``.
+        """
+        a_t, a_s = self.alpha_bar(t), self.alpha_bar(s)
+        a_ts = a_t / a_s
+        b_ts = 1 - a_ts
+        c0 = a_s.sqrt() * b_ts / (1 - a_t)
+        ct = a_ts.sqrt() * (1 - a_s) / (1 - a_t)
+        var = b_ts * (1 - a_s) / (1 - a_t)
+        mean = _bcast(c0, x_t) * x0 + _bcast(ct, x_t) * x_t
+        return mean, _bcast(var, x_t)
+
+    def prior_kl(self, x0: Tensor) -> Tensor:
+        """``L_T = KL(q(h_1 | x0) ‖ N(0, I))`` summed over positions and dims, per sequence (B,).
+
+        ``KL(N(μ, σ²) ‖ N(0, 1)) = ½ (μ² + σ² − 1 − log σ²)`` with ``μ = √ᾱ_1 x0``,
+        ``σ² = 1 − ᾱ_1``.
+        """
+        a = self.alpha_bar(1.0)
+        per_dim = 0.5 * (a * x0.double() ** 2 + (1 - a) - 1 - torch.log1p(-a))
+        return per_dim.flatten(1).sum(1)
+
+    def x0_from_eps(self, x_t: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
+        """``x̂_0 = (h_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t`` (DESIGN.md §2, "Parameterizations")."""
+        a = _bcast(self.alpha_bar(t), x_t)
+        return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+    def eps_from_x0(self, x_t: Tensor, x0: Tensor, t: Tensor | float) -> Tensor:
+        """``ε̂ = (h_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t)`` (DESIGN.md §2, "Parameterizations")."""
+        a = _bcast(self.alpha_bar(t), x_t)
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+    def score_from_eps(self, eps: Tensor, t: Tensor | float) -> Tensor:
+        """``ŝ = ∇ log q(h_t) ≈ −ε̂ / √(1 − ᾱ_t)`` (DESIGN.md §2; notes P5)."""
+        return -eps / _bcast(1 - self.alpha_bar(t), eps).sqrt()
+
+    def eps_from_score(self, score: Tensor, t: Tensor | float) -> Tensor:
+        """Inverse of :meth:`score_from_eps`: ``ε̂ = −√(1 − ᾱ_t) ŝ``."""
+        return -score * _bcast(1 - self.alpha_bar(t), score).sqrt()
+
+    def predict_x0(self, output: Tensor, x_t: Tensor, t: Tensor | float) -> Tensor:
+        """The network's output read as ``x̂_0``, whatever it was trained to predict."""
+        return output if self.prediction == "x0" else self.x0_from_eps(x_t, output, t)
+
+    def vlb_weight(self, t: Tensor | float, s: Tensor | float) -> Tensor:
+        """KL of one step ``t → s`` per unit of ``‖x0 − x̂_0‖²``: ``½ (SNR(s) − SNR(t))``.
+
+        Equal to ``‖μ̃(x_t, x0) − μ̃(x_t, x̂_0)‖² / (2 β̃)`` divided by ``‖x0 − x̂_0‖²`` (DESIGN.md
+        §2, ``L_{t−1}``); times ``1 / SNR(t)`` it is the ε-weight
+        ``β² / (2 σ² α (1 − ᾱ_t))`` of notes P2.4.
+        """
+        return 0.5 * (self.schedule.snr(s) - self.schedule.snr(t))
+
+    def snr_derivative(self, t: Tensor) -> Tensor:
+        """``d SNR / dt`` (float64, by autograd through the schedule), for the continuous bound."""
+        with torch.enable_grad():
+            tt = t.detach().to(torch.float64).requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.schedule.snr(tt).sum(), tt)
+        return grad
+
+    # ---------------------------------------------------------------- training loss, §2
+    def loss(
+        self,
+        model: Denoiser,
+        ids: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        t: Tensor | None = None,
+    ) -> LossTerms:
+        """Diffusion-LM's objective ``E_t ‖x̂_0(H_t, t) − x0‖² + ‖√ᾱ_1 x0‖² − log p_θ(w | h_0)``
+        (DESIGN.md §2, "Training objective"), each term a mean over positions (and dims).
+
+        With ``prediction="eps"`` the first term is ``‖ε̂ − ε‖²``, weighted by
+        ``T · ½ (SNR(t − 1/T)/SNR(t) − 1)`` (exact VLB, notes P2.4) if ``eps_weighting="vlb"``.
+        """
+        x0 = model.embed(ids)  # (B, L, d)
+        if t is None:
+            t = stratified_times(ids.shape[0], generator=generator)
+        x_t, eps = self.q_sample(x0, t, generator=generator)
+        out = model(x_t, t.float().to(x0.device)).float()  # (B, L, d)
+        if self.prediction == "x0":
+            mse = (out - x0).pow(2).mean()
+        elif self.eps_weighting == "simple":
+            mse = (out - eps).pow(2).mean()
+        else:
+            T = self.num_steps or 2000
+            tt = (t * T).ceil().clamp(min=1) / T
+            w = T * self.vlb_weight(tt, tt - 1.0 / T) / self.schedule.snr(tt)
+            mse = (_bcast(w, out) * (out - eps).pow(2)).mean()
+        prior = self.alpha_bar(1.0).float() * x0.pow(2).mean()
+        h0, _ = self.q_sample(x0, 0.0, generator=generator)
+        rounding = F.cross_entropy(model.logits(h0).flatten(0, 1).float(), ids.flatten())
+        total = mse + prior + rounding
+        terms = {"mse": mse.detach(), "prior": prior.detach(), "rounding": rounding.detach()}
+        return LossTerms(total, terms)
+
+    # ---------------------------------------------------------------- NLL bound, §2
+    def nll_bound(
+        self,
+        model: Denoiser,
+        ids: Tensor,
+        *,
+        num_t: int = 8,
+        generator: torch.Generator | None = None,
+        num_steps: int | None | str = "default",
+    ) -> BoundTerms:
+        """``−log p(w) ≤ L_T + Σ_{i=2}^{T} L_{i−1} + L_emb + L_round`` (DESIGN.md §2, notes P2.3).
+
+        Per sequence: ``L_T`` exact (:meth:`prior_kl`); the diffusion sum by ``num_t`` stratified
+        samples of the step ``i`` (unbiased: ``(T − 1) · L_{i−1}`` with ``i`` uniform on
+        ``2..T``), each ``L_{i−1} = ½ (SNR(t_{i−1}) − SNR(t_i)) ‖x0 − x̂_0(h_{t_i}, t_i)‖²``;
+        ``L_emb`` the same for the step ``t_1 → t_0 = 0`` that produces ``h_0``; and
+        ``L_round = −log p_θ(w | h_0)``. With ``num_steps=None`` the continuous-time limit
+        ``½ ∫ −SNR'(t) ‖x0 − x̂_0‖² dt`` replaces the sum and ``L_emb`` vanishes.
+        ``variance`` in :class:`BoundTerms` is the sample variance of the ``num_t`` replicates
+        divided by ``num_t`` (an overestimate for stratified samples).
+        """
+        T = self.num_steps if num_steps == "default" else num_steps
+        B, device = ids.shape[0], ids.device
+        x0 = model.embed(ids).float()  # (B, L, d)
+        prior = self.prior_kl(x0)
+        reps: dict[str, list[Tensor]] = {"diffusion": [], "embedding": [], "rounding": []}
+        offsets = torch.rand(B, num_t, generator=generator, dtype=torch.float64)
+        u = (torch.arange(num_t, dtype=torch.float64) + offsets) / num_t  # (B, K) stratified
+        for k in range(num_t):
+            if T is None:
+                t = u[:, k].clamp(min=1e-6)
+                weight = 0.5 * -self.snr_derivative(t)
+                times, s_emb = t, None
+            else:
+                i = 2 + (u[:, k] * (T - 1)).floor().clamp(max=T - 2)
+                t = i / T
+                weight = (T - 1) * self.vlb_weight(t, t - 1.0 / T)
+                times = torch.cat([t, torch.full((B,), 1.0 / T, dtype=torch.float64)])
+                s_emb = self.vlb_weight(1.0 / T, 0.0)
+            x_in = x0 if T is None else torch.cat([x0, x0])
+            x_t, _ = self.q_sample(x_in, times, generator=generator)
+            x0_hat = self.predict_x0(model(x_t, times.float().to(device)).float(), x_t, times)
+            err = (x0_hat - x_in).double().pow(2).flatten(1).sum(1)  # (B,) or (2B,)
+            reps["diffusion"].append(weight.to(device) * err[:B])
+            reps["embedding"].append(
+                torch.zeros(B, dtype=torch.float64, device=device) if s_emb is None
+                else s_emb * err[B:]
+            )
+            h0, _ = self.q_sample(x0, 0.0, generator=generator)
+            logp = model.logits(h0).float().log_softmax(-1).gather(-1, ids[..., None])
+            reps["rounding"].append(-logp.double().flatten(1).sum(1))
+        stacked = {k: torch.stack(v, 1) for k, v in reps.items()}  # each (B, K)
+        per_rep = prior[:, None] + sum(stacked.values())
+        terms = {"prior": prior, **{k: v.mean(1) for k, v in stacked.items()}}
+        var = per_rep.var(1) / num_t if num_t > 1 else torch.full_like(prior, float("nan"))
+        return BoundTerms(per_rep.mean(1), terms, num_t, variance=var)
+
+    # ---------------------------------------------------------------- sampling, §2
+    def sample(
+        self,
+        model: Denoiser,
+        shape: tuple[int, int],
+        *,
+        steps: int,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+        return_trajectory: bool = False,
+        rounder=None,
+        sampler: str = "ddpm",
+        clamp: bool = False,
+        **options,
+    ) -> SampleOutput:
+        """Start from ``h_1 ~ N(0, I)``, denoise in ``steps`` steps, round the last ``x̂_0``.
+
+        ``rounder`` (a :class:`textdiff.rounding.Rounder` over the word table) rounds the result
+        and, with ``clamp=True``, snaps every ``x̂_0`` to its nearest row. ``sampler`` is one of
+        :data:`textdiff.samplers.GAUSSIAN_SAMPLERS`; ``options`` go to it.
+        """
+        return gaussian_sample(
+            self, model, shape, steps=steps, sampler=sampler, rounder=rounder, clamp=clamp,
+            generator=generator, progress=progress, return_trajectory=return_trajectory,
+            **options,
+        )

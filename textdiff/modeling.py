@@ -1,0 +1,184 @@
+"""The denoiser network (DESIGN.md §1) as a ``transformers`` model.
+
+``(x_t, t) → prediction``: the word part ``x_t`` (B, L, d) is concatenated on the feature axis with
+fixed sinusoidal positions ``e`` (L, d_p) — ``H_t = [h_t ; e]`` — projected to the width ``D``,
+given a time embedding, run through a bidirectional pre-LayerNorm Transformer encoder and read out
+as a clean-embedding prediction (B, L, d) or token logits (B, L, V). The network knows nothing of
+the noise; the forward process interprets its output. ``logits(x) = s · x · Eᵀ`` is the tied
+read-out of any embedding-space vector.
+
+Attention is written as two matmuls (no SDPA): on CPUs with bf16 matmul units this is the form
+whose bf16 backward is fast, and on others it is as fast as SDPA at these lengths.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from .config import ModelConfig, ProcessConfig, SampleConfig, from_dict
+
+
+def sinusoidal(positions: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Transformer sinusoids: ``[sin(p ω_k), cos(p ω_k)]``, ``ω_k = max_period^(−2k/dim)``.
+    (N,) -> (N, dim), float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
+    angles = positions.double()[:, None] * freqs.to(positions.device)[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).float()
+
+
+class TextDiffusionConfig(PretrainedConfig):
+    """Saved as ``config.json``: the network (:class:`ModelConfig` fields), the forward process
+    (``process``), generation defaults (``sample``) and the special token ids."""
+
+    model_type = "textdiff"
+
+    def __init__(
+        self,
+        process: dict[str, Any] | None = None,
+        sample: dict[str, Any] | None = None,
+        mask_token_id: int | None = None,
+        **kwargs,
+    ):
+        names = {f.name for f in fields(ModelConfig)}
+        net = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+        for key, value in asdict(from_dict(ModelConfig, net, "model")).items():
+            setattr(self, key, value)
+        self.process = asdict(from_dict(ProcessConfig, process, "process"))
+        self.sample = asdict(from_dict(SampleConfig, sample, "sample"))
+        self.mask_token_id = mask_token_id
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_parts(
+        cls, model: ModelConfig, process: ProcessConfig, sample: SampleConfig, **token_ids
+    ) -> TextDiffusionConfig:
+        return cls(process=asdict(process), sample=asdict(sample), **asdict(model), **token_ids)
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
+
+    def process_config(self) -> ProcessConfig:
+        return ProcessConfig(**self.process)
+
+    def sample_config(self) -> SampleConfig:
+        return SampleConfig(**self.sample)
+
+
+class Block(nn.Module):
+    """Pre-LN Transformer encoder block, attention as plain matmuls."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        D, self.heads = cfg.hidden_size, cfg.num_heads
+        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.qkv = nn.Linear(D, 3 * D)
+        self.proj = nn.Linear(D, D)
+        self.fc1 = nn.Linear(D, int(cfg.mlp_ratio * D))
+        self.fc2 = nn.Linear(int(cfg.mlp_ratio * D), D)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).unbind(2)
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, H, L, D/H)
+        scores = (q * (D // self.heads) ** -0.5) @ k.transpose(-1, -2)  # (B, H, L, L)
+        if attn_bias is not None:
+            scores = scores + attn_bias
+        attn = scores.softmax(-1) @ v  # (B, H, L, D/H)
+        x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(B, L, D)))
+        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh")))
+
+
+class TextDiffusionModel(PreTrainedModel):
+    """Word table ``E``, the denoiser ``(x_t, t) → prediction`` and the tied read-out."""
+
+    config_class = TextDiffusionConfig
+    base_model_prefix = "textdiff"
+    main_input_name = "x_t"
+    _no_split_modules = ["Block"]
+
+    def __init__(self, config: TextDiffusionConfig):
+        super().__init__(config)
+        cfg = config.model_config()
+        cfg.check()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
+        D = cfg.hidden_size
+        self.embed_dim, self.pos_dim, self.seq_len = cfg.embed_dim, cfg.pos_dim, cfg.seq_len
+        self.readout_scale = cfg.readout_scale
+        self.word_embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.in_proj = nn.Linear(cfg.embed_dim + cfg.pos_dim, D)
+        self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.ln_out = nn.LayerNorm(D)
+        out_dim = cfg.embed_dim if cfg.output == "embedding" else cfg.vocab_size
+        self.head = nn.Linear(D, out_dim)
+        self._positions: dict[tuple, Tensor] = {}
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, 0.02)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, 1.0)  # unit-scale rows, as Diffusion-LM
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+
+    def positions(self, length: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The fixed sinusoidal position part ``e`` (L, d_p); never noised, never trained."""
+        key = (length, device, dtype)
+        if key not in self._positions:
+            pos = torch.arange(length, device=device)
+            self._positions[key] = sinusoidal(pos, self.pos_dim).to(device, dtype)
+        return self._positions[key]
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """``h_0 = E[w]``: (B, L) -> (B, L, d)."""
+        return self.word_embedding(ids)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Tied read-out ``s · x · Eᵀ``: (..., d) -> (..., V)."""
+        return self.readout_scale * (x @ self.word_embedding.weight.to(x.dtype).T)
+
+    def forward(self, x_t: Tensor, t: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Predict from the noised word part ``x_t`` (B, L, d) at times ``t`` (B,) in [0, 1].
+
+        ``attention_mask`` (B, L), optional, hides positions whose value is False from all
+        others. Returns (B, L, d) or (B, L, V) per ``config.output``.
+        """
+        B, L, _ = x_t.shape
+        if L > self.seq_len:
+            raise ValueError(f"sequence length {L} exceeds the model's seq_len {self.seq_len}")
+        e = self.positions(L, x_t.device, x_t.dtype).expand(B, L, self.pos_dim)
+        h = self.in_proj(torch.cat([x_t, e], dim=-1))  # (B, L, D): H_t = [h_t ; e]
+        temb = sinusoidal(t.reshape(B) * 1000.0, h.shape[-1]).to(h.dtype)
+        h = self.drop(h + self.time_mlp(temb)[:, None, :])
+        bias = None
+        if attention_mask is not None:
+            bias = torch.zeros(B, 1, 1, L, dtype=h.dtype, device=h.device)
+            bias = bias.masked_fill(~attention_mask.bool()[:, None, None, :], float("-inf"))
+        for block in self.blocks:
+            h = block(h, bias)
+        return self.head(self.ln_out(h))
+
+    def num_flops_per_token(self, training: bool = True) -> float:
+        """Matmul FLOPs per token (forward ×3 with backward), attention included."""
+        cfg = self.config.model_config()
+        D, L = cfg.hidden_size, cfg.seq_len
+        per_layer = 2 * (4 * D * D + 2 * D * int(cfg.mlp_ratio * D)) + 4 * L * D
+        out_dim = cfg.embed_dim if cfg.output == "embedding" else cfg.vocab_size
+        fwd = cfg.num_layers * per_layer + 2 * (cfg.embed_dim + cfg.pos_dim) * D + 2 * D * out_dim
+        return fwd * (3 if training else 1)
