@@ -24,8 +24,10 @@ class Oracle:
         return self.table[ids]
 
     def logits(self, x):
-        return -torch.cdist(x.reshape(-1, x.shape[-1]), self.table).pow(2).reshape(
-            *x.shape[:-1], -1) * 100
+        return (
+            -torch.cdist(x.reshape(-1, x.shape[-1]), self.table).pow(2).reshape(*x.shape[:-1], -1)
+            * 100
+        )
 
     def __call__(self, x_t, t):
         self.calls += 1

@@ -45,8 +45,9 @@ def test_q_sample_moments_match_closed_form(t):
     mean_se = math.sqrt((1 - a) / n)
     assert torch.allclose(x_t.mean(0), a**0.5 * x0[0].double(), atol=5 * mean_se + 1e-12)
     var_se = (1 - a) * math.sqrt(2 / n)
-    assert torch.allclose(x_t.var(0), torch.full((1, 3), 1 - a, dtype=torch.float64),
-                          atol=5 * var_se + 1e-12)
+    assert torch.allclose(
+        x_t.var(0), torch.full((1, 3), 1 - a, dtype=torch.float64), atol=5 * var_se + 1e-12
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
@@ -56,12 +57,15 @@ def test_posterior_matches_bayes_rule_numerically(name, t, s):
     p = GaussianProcess(name)
     a_t, a_s = p.alpha_bar(t).item(), p.alpha_bar(s).item()
     a_ts = a_t / a_s
-    x0, x_t = torch.tensor([[[0.8]]], dtype=torch.float64), torch.tensor([[[-0.4]]],
-                                                                          dtype=torch.float64)
+    x0, x_t = (
+        torch.tensor([[[0.8]]], dtype=torch.float64),
+        torch.tensor([[[-0.4]]], dtype=torch.float64),
+    )
     mean, var = p.posterior(x_t, x0, t, s)
     sd = var.sqrt().item()
-    grid = torch.linspace(mean.item() - 12 * sd, mean.item() + 12 * sd, 200_001,
-                          dtype=torch.float64)
+    grid = torch.linspace(
+        mean.item() - 12 * sd, mean.item() + 12 * sd, 200_001, dtype=torch.float64
+    )
     log_lik = -((x_t.item() - a_ts**0.5 * grid) ** 2) / (2 * (1 - a_ts))
     log_prior = -((grid - a_s**0.5 * x0.item()) ** 2) / (2 * (1 - a_s))
     w = torch.softmax(log_lik + log_prior, 0)
@@ -136,4 +140,5 @@ def test_oracle_loss_has_zero_mse(oracle_factory):
     terms = p.loss(oracle_factory(table, ids, p), ids, generator=torch.Generator().manual_seed(0))
     assert terms.terms["mse"].item() == 0.0
     assert terms.floats()["loss"] == pytest.approx(
-        sum(terms.floats()[k] for k in ("mse", "prior", "rounding")), rel=1e-6)
+        sum(terms.floats()[k] for k in ("mse", "prior", "rounding")), rel=1e-6
+    )

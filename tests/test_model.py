@@ -10,8 +10,17 @@ from textdiff.rounding import Rounder
 
 def tiny_model(vocab=30, seq_len=8, **kw) -> TextDiffusionModel:
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=vocab, seq_len=seq_len, embed_dim=8, pos_dim=8, hidden_size=64,
-                      num_layers=2, num_heads=4, dropout=0.0, **kw)
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        seq_len=seq_len,
+        embed_dim=8,
+        pos_dim=8,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        dropout=0.0,
+        **kw,
+    )
     return TextDiffusionModel(TextDiffusionConfig.from_parts(cfg, ProcessConfig(), SampleConfig()))
 
 
@@ -28,7 +37,7 @@ def test_positions_are_concatenated_unnoised_and_the_word_part_is_noised():
         model(x_t, torch.full((3,), t))
         inputs.append(x_t)
     e = sinusoidal(torch.arange(8), 8)
-    for H, x_t in zip(seen, inputs):
+    for H, x_t in zip(seen, inputs, strict=True):
         assert H.shape == (3, 8, 16)
         assert torch.equal(H[..., :8], x_t)  # H_t = [h_t ; e]: the word part is h_t ...
         assert torch.equal(H[..., 8:], e.expand(3, 8, 8))  # ... and e is the same for every t
@@ -62,8 +71,14 @@ def test_save_and_reload_give_identical_outputs(tmp_path):
 
 
 def test_tiny_model_overfits_and_generates_its_sentences():
-    sentences = torch.tensor([[3, 4, 5, 6, 7, 1, 0, 0], [8, 9, 10, 1, 0, 0, 0, 0],
-                              [11, 4, 12, 13, 14, 15, 1, 0], [16, 17, 18, 19, 1, 0, 0, 0]])
+    sentences = torch.tensor(
+        [
+            [3, 4, 5, 6, 7, 1, 0, 0],
+            [8, 9, 10, 1, 0, 0, 0, 0],
+            [11, 4, 12, 13, 14, 15, 1, 0],
+            [16, 17, 18, 19, 1, 0, 0, 0],
+        ]
+    )
     model = tiny_model(vocab=20)
     p = GaussianProcess("sqrt")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -75,7 +90,13 @@ def test_tiny_model_overfits_and_generates_its_sentences():
         loss.backward()
         opt.step()
     model.eval()
-    out = p.sample(model, (16, 8), steps=50, sampler="ddim", rounder=Rounder(
-        model.word_embedding.weight), generator=torch.Generator().manual_seed(1))
+    out = p.sample(
+        model,
+        (16, 8),
+        steps=50,
+        sampler="ddim",
+        rounder=Rounder(model.word_embedding.weight),
+        generator=torch.Generator().manual_seed(1),
+    )
     matches = [any(torch.equal(row, s) for s in sentences) for row in out.ids]
     assert sum(matches) >= 14, out.ids

@@ -17,8 +17,16 @@ def test_oracle_lands_on_the_data(oracle_factory, sampler, clamp, prediction):
     ids = torch.randint(0, 50, (4, 12), generator=gen)
     p = GaussianProcess("sqrt", prediction=prediction)
     oracle = oracle_factory(table, ids, p)
-    out = p.sample(oracle, (4, 12), steps=25, sampler=sampler, clamp=clamp,
-                   rounder=Rounder(table), generator=gen, return_trajectory=True)
+    out = p.sample(
+        oracle,
+        (4, 12),
+        steps=25,
+        sampler=sampler,
+        clamp=clamp,
+        rounder=Rounder(table),
+        generator=gen,
+        return_trajectory=True,
+    )
     assert torch.equal(out.ids, ids)
     assert torch.allclose(out.x0, table[ids], atol=1e-4)
     assert len(out.trajectory) == 25
@@ -40,8 +48,15 @@ def test_oracle_trajectory_ends_at_the_clean_latent(oracle_factory, sampler):
         latents.append(x)
         return x
 
-    gaussian_sample(p, oracle_factory(table, ids, p), (64, 10), steps=40, sampler=sampler,
-                    generator=gen, constrain=capture)
+    gaussian_sample(
+        p,
+        oracle_factory(table, ids, p),
+        (64, 10),
+        steps=40,
+        sampler=sampler,
+        generator=gen,
+        constrain=capture,
+    )
     x_last = latents[-1]  # the latent at the last grid time before 0
     t_last = torch.tensor(1 / 40, dtype=torch.float64)
     a = p.alpha_bar(t_last).item()
@@ -55,25 +70,40 @@ def test_sampling_is_reproducible_with_a_seed(oracle_factory):
     table = torch.randn(20, 4)
     ids = torch.randint(0, 20, (2, 5))
     p = GaussianProcess("cosine")
-    runs = [p.sample(oracle_factory(table, ids, p), (2, 5), steps=10, sampler="ddpm",
-                     generator=torch.Generator().manual_seed(7), return_trajectory=True)
-            for _ in range(2)]
-    assert all(torch.equal(a, b) for a, b in zip(runs[0].trajectory, runs[1].trajectory))
+    runs = [
+        p.sample(
+            oracle_factory(table, ids, p),
+            (2, 5),
+            steps=10,
+            sampler="ddpm",
+            generator=torch.Generator().manual_seed(7),
+            return_trajectory=True,
+        )
+        for _ in range(2)
+    ]
+    assert all(
+        torch.equal(a, b) for a, b in zip(runs[0].trajectory, runs[1].trajectory, strict=True)
+    )
 
 
 def test_unknown_sampler_is_refused(oracle_factory):
     p = GaussianProcess()
     with pytest.raises(ValueError, match="choose one of"):
-        p.sample(oracle_factory(torch.randn(3, 2), torch.zeros(1, 2, dtype=torch.long)), (1, 2),
-                 steps=3, sampler="euler")
+        p.sample(
+            oracle_factory(torch.randn(3, 2), torch.zeros(1, 2, dtype=torch.long)),
+            (1, 2),
+            steps=3,
+            sampler="euler",
+        )
 
 
 @pytest.mark.parametrize("V,d", [(7, 3), (821, 16), (5000, 64)])
 def test_faiss_rounding_equals_torch_search(V, d):
     gen = torch.Generator().manual_seed(V)
     table = torch.randn(V, d, generator=gen)
-    x = table[torch.randint(0, V, (3000,), generator=gen)] + 0.5 * torch.randn(3000, d,
-                                                                                 generator=gen)
+    x = table[torch.randint(0, V, (3000,), generator=gen)] + 0.5 * torch.randn(
+        3000, d, generator=gen
+    )
     rounder = Rounder(table, chunk_size=1000)  # several chunks
     faiss_ids = rounder.round(x)
     assert torch.equal(faiss_ids, torch_nearest(x, table, query_tile=512, vocab_tile=300))

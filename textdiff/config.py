@@ -36,8 +36,16 @@ class ModelConfig:
     readout_scale: float = 1.0  # tied read-out logits = readout_scale · x · Eᵀ
 
     def check(self) -> None:
-        _positive(self, "seq_len", "embed_dim", "pos_dim", "hidden_size", "num_layers",
-                  "num_heads", "mlp_ratio")
+        _positive(
+            self,
+            "seq_len",
+            "embed_dim",
+            "pos_dim",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "mlp_ratio",
+        )
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads "
@@ -119,8 +127,18 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
     def check(self) -> None:
-        _positive(self, "max_steps", "batch_size", "grad_accum", "lr", "log_every", "eval_every",
-                  "eval_batches", "save_every", "keep_checkpoints")
+        _positive(
+            self,
+            "max_steps",
+            "batch_size",
+            "grad_accum",
+            "lr",
+            "log_every",
+            "eval_every",
+            "eval_batches",
+            "save_every",
+            "keep_checkpoints",
+        )
         for name in ("weight_decay", "warmup_steps", "clip_grad", "eval_samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")

@@ -239,7 +239,8 @@ class GaussianProcess(ForwardProcess):
             err = (x0_hat - x_in).double().pow(2).flatten(1).sum(1)  # (B,) or (2B,)
             reps["diffusion"].append(weight.to(device) * err[:B])
             reps["embedding"].append(
-                torch.zeros(B, dtype=torch.float64, device=device) if s_emb is None
+                torch.zeros(B, dtype=torch.float64, device=device)
+                if s_emb is None
                 else s_emb * err[B:]
             )
             h0, _ = self.q_sample(x0, 0.0, generator=generator)
@@ -273,7 +274,15 @@ class GaussianProcess(ForwardProcess):
         :data:`textdiff.samplers.GAUSSIAN_SAMPLERS`; ``options`` go to it.
         """
         return gaussian_sample(
-            self, model, shape, steps=steps, sampler=sampler, rounder=rounder, clamp=clamp,
-            generator=generator, progress=progress, return_trajectory=return_trajectory,
+            self,
+            model,
+            shape,
+            steps=steps,
+            sampler=sampler,
+            rounder=rounder,
+            clamp=clamp,
+            generator=generator,
+            progress=progress,
+            return_trajectory=return_trajectory,
             **options,
         )

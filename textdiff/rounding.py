@@ -58,8 +58,10 @@ class Rounder:
     def update(self, weight: Tensor) -> bool:
         """Rebuild the index if ``weight`` differs from the indexed rows; returns whether it did."""
         w = weight.detach().to("cpu", torch.float32).contiguous()
-        if self._weight is not None and w.shape == self._weight.shape and torch.equal(
-            w, self._weight
+        if (
+            self._weight is not None
+            and w.shape == self._weight.shape
+            and torch.equal(w, self._weight)
         ):
             return False
         faiss = _faiss()

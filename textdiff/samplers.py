@@ -41,8 +41,10 @@ def ddim_step(process, x_t, x0_hat, t, s, *, generator=None, eta: float = 0.0):
     if eta > 0:
         _, var = process.posterior(x_t, x0_hat, t, s)
         sigma2 = eta**2 * var
-        return x_s + (1 - a_s - sigma2).clamp(min=0).sqrt() * eps + sigma2.sqrt() * _noise(
-            x_t, generator
+        return (
+            x_s
+            + (1 - a_s - sigma2).clamp(min=0).sqrt() * eps
+            + sigma2.sqrt() * _noise(x_t, generator)
         )
     return x_s + (1 - a_s) ** 0.5 * eps
 
@@ -51,8 +53,15 @@ GAUSSIAN_SAMPLERS: dict[str, Callable] = {"ddpm": ddpm_step, "ddim": ddim_step, 
 
 
 def langevin_correct(
-    process, denoise: Callable[[Tensor, Tensor], Tensor], x: Tensor, t, s, *,
-    steps: int, snr: float, generator=None,
+    process,
+    denoise: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    t,
+    s,
+    *,
+    steps: int,
+    snr: float,
+    generator=None,
 ) -> Tensor:
     """Annealed-Langevin corrector at time ``s`` (module docstring); one network call a step."""
     a_ts = (process.alpha_bar(t) / process.alpha_bar(s)).item()
