@@ -8,7 +8,7 @@ from textdiff.modeling import TextDiffusionConfig, TextDiffusionModel, sinusoida
 from textdiff.rounding import Rounder
 
 
-def tiny_model(vocab=30, seq_len=8, **kw) -> TextDiffusionModel:
+def tiny_model(vocab=30, seq_len=8, output="embedding", **kw) -> TextDiffusionModel:
     torch.manual_seed(0)
     cfg = ModelConfig(
         vocab_size=vocab,
@@ -19,6 +19,7 @@ def tiny_model(vocab=30, seq_len=8, **kw) -> TextDiffusionModel:
         num_layers=2,
         num_heads=4,
         dropout=0.0,
+        output=output,
         **kw,
     )
     return TextDiffusionModel(TextDiffusionConfig.from_parts(cfg, ProcessConfig(), SampleConfig()))

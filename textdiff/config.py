@@ -32,7 +32,8 @@ class ModelConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0  # feed-forward width = mlp_ratio * D
     dropout: float = 0.1
-    output: Literal["embedding", "logits"] = "embedding"  # head D→d (Gaussian) or D→V (mask)
+    # head D→d (clean embedding, Gaussian noise) or D→V (token logits, mask noise); auto: by noise
+    output: Literal["auto", "embedding", "logits"] = "auto"
     readout_scale: float = 1.0  # tied read-out logits = readout_scale · x · Eᵀ
 
     def check(self) -> None:
@@ -150,7 +151,7 @@ class TrainConfig:
 class SampleConfig:
     """Generation defaults, saved with the model."""
 
-    sampler: str = "ddpm"  # gaussian: ddpm | ddim | pc; mask: ancestral
+    sampler: str = "auto"  # gaussian: ddpm | ddim | pc; mask: ancestral; auto: ddpm / ancestral
     steps: int = 200
     clamp: bool = False  # snap x̂_0 to the nearest word row at every step (Gaussian)
     temperature: float = 1.0  # mask mode
@@ -173,6 +174,27 @@ class ExperimentConfig:
     def check(self) -> None:
         for part in (self.model, self.process, self.data, self.train, self.sample):
             part.check()
+        if self.process.noise == "mask" and self.model.output == "embedding":
+            raise ConfigError("process.noise=mask needs model.output=logits (or auto)")
+        samplers = (
+            ("auto", "ancestral")
+            if self.process.noise == "mask"
+            else ("auto", "ddpm", "ddim", "pc")
+        )
+        if self.sample.sampler not in samplers:
+            raise ConfigError(
+                f"sample.sampler {self.sample.sampler!r} does not fit process.noise="
+                f"{self.process.noise}; choose one of {list(samplers)}"
+            )
+        if self.sample.clamp and self.process.noise == "mask":
+            raise ConfigError("sample.clamp applies to Gaussian noise only")
+
+    def network_config(self, vocab_size: int) -> ModelConfig:
+        """The network's own config: ``output`` resolved from the noise, ``vocab_size`` set."""
+        output = self.model.output
+        if output == "auto":
+            output = "embedding" if self.process.noise == "gaussian" else "logits"
+        return dataclasses.replace(self.model, output=output, vocab_size=vocab_size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

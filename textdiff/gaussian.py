@@ -194,6 +194,19 @@ class GaussianProcess(ForwardProcess):
         terms = {"mse": mse.detach(), "prior": prior.detach(), "rounding": rounding.detach()}
         return LossTerms(total, terms)
 
+    def predict_ids(
+        self, model: Denoiser, ids: Tensor, t: float, *, rounder, generator=None
+    ) -> tuple[Tensor, Tensor]:
+        """Noise ``ids`` to time ``t``, predict ``x̂_0`` and round it with ``rounder``.
+
+        Returns the rounded ids (B, L) and the positions that were predicted (all of them).
+        """
+        x0 = model.embed(ids)
+        x_t, _ = self.q_sample(x0, t, generator=generator)
+        tt = torch.full((ids.shape[0],), float(t), device=ids.device)
+        x0_hat = self.predict_x0(model(x_t, tt).float(), x_t, t)
+        return rounder.round(x0_hat), torch.ones_like(ids, dtype=torch.bool)
+
     # ---------------------------------------------------------------- NLL bound, §2
     def nll_bound(
         self,
@@ -265,6 +278,8 @@ class GaussianProcess(ForwardProcess):
         rounder=None,
         sampler: str = "ddpm",
         clamp: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
         **options,
     ) -> SampleOutput:
         """Start from ``h_1 ~ N(0, I)``, denoise in ``steps`` steps, round the last ``x̂_0``.
@@ -273,6 +288,8 @@ class GaussianProcess(ForwardProcess):
         and, with ``clamp=True``, snaps every ``x̂_0`` to its nearest row. ``sampler`` is one of
         :data:`textdiff.samplers.GAUSSIAN_SAMPLERS`; ``options`` go to it.
         """
+        if temperature != 1.0 or top_p != 1.0:
+            raise ValueError("temperature and top_p apply to mask noise only")
         return gaussian_sample(
             self,
             model,

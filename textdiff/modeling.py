@@ -109,6 +109,8 @@ class TextDiffusionModel(PreTrainedModel):
         super().__init__(config)
         cfg = config.model_config()
         cfg.check()
+        if cfg.output == "auto":
+            raise ValueError("model.output must be resolved to 'embedding' or 'logits'")
         if cfg.vocab_size <= 0:
             raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
         D = cfg.hidden_size

@@ -97,6 +97,7 @@ def gaussian_sample(
     on an even grid from 1 to 0, snapping each ``x̂_0`` to the word table when ``clamp``, and
     rounding the last ``x̂_0`` with ``rounder``. ``constrain(x_t, t)``, if given, is applied to
     the latent before every network call (infilling re-imposes known words there)."""
+    sampler = "ddpm" if sampler == "auto" else sampler
     if sampler not in GAUSSIAN_SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(GAUSSIAN_SAMPLERS)}")
     if clamp and rounder is None:

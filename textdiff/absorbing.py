@@ -1,0 +1,190 @@
+"""[MASK]-absorbing diffusion on tokens (DESIGN.md §3; D3PM-absorbing, MDLM).
+
+Notation: ``w`` the clean ids (B, L); ``z_t`` the partially masked ids; ``α(t)`` the
+keep-probability, ``α(0) = 1``, ``α(1) = 0``. The denoiser sees ``H_t = [E[z_t] ; e]`` (a learned
+[MASK] row in ``E``) and outputs token logits. It is not told ``t``: the number of masks carries
+it (MDLM, §3.2), and it makes reusing a network output across steps where nothing changed exact.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .process import (
+    BoundTerms,
+    Denoiser,
+    ForwardProcess,
+    LossTerms,
+    Progress,
+    SampleOutput,
+    stratified_times,
+    time_grid,
+)
+from .schedules import KeepSchedule, get_keep_schedule
+
+T_MIN = 1e-5  # times are drawn from [T_MIN, 1]: at t → 0 nothing is masked and the weight → ∞
+
+
+class MaskProcess(ForwardProcess):
+    """Absorbing process: each position independently becomes ``mask_id`` with prob. ``1 − α(t)``.
+
+    Args:
+        schedule: the keep-probability ``α(t)`` (``linear``: ``1 − t``, or ``cosine``).
+        mask_id: the id of the [MASK] token.
+    """
+
+    name = "mask"
+
+    def __init__(self, schedule: KeepSchedule | str = "linear", *, mask_id: int):
+        self.schedule = get_keep_schedule(schedule) if isinstance(schedule, str) else schedule
+        self.mask_id = mask_id
+
+    def q_sample(
+        self, ids: Tensor, t: Tensor | float, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``z_t``: each ``w_i`` kept with probability ``α(t)``, else ``[MASK]`` (DESIGN.md §3)."""
+        keep = self.schedule.alpha(t).float().to(ids.device)
+        keep = keep.reshape(keep.shape + (1,) * (ids.dim() - keep.dim()))
+        u = torch.rand(ids.shape, generator=generator).to(ids.device)
+        return torch.where(u < keep, ids, torch.full_like(ids, self.mask_id))
+
+    def log_probs(self, model: Denoiser, z: Tensor) -> Tensor:
+        """``log p_θ(· | z_t)`` (B, L, V) in float32, with [MASK] never predicted."""
+        t = torch.zeros(z.shape[0], device=z.device)  # not time-conditioned (module docstring)
+        logits = model(model.embed(z), t).float()
+        logits[..., self.mask_id] = float("-inf")
+        return logits.log_softmax(-1)
+
+    def _masked_nll(self, model: Denoiser, ids: Tensor, t: Tensor, generator) -> tuple:
+        """Per sequence: ``Σ_{i: z_t,i = MASK} −log p_θ(w_i | z_t)`` and the number of masks."""
+        z = self.q_sample(ids, t, generator=generator)
+        masked = z == self.mask_id
+        nll = -self.log_probs(model, z).gather(-1, ids[..., None])[..., 0]  # (B, L)
+        return (nll * masked).sum(1), masked.sum(1)
+
+    def loss(
+        self,
+        model: Denoiser,
+        ids: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        t: Tensor | None = None,
+    ) -> LossTerms:
+        """The continuous-time bound as the loss (DESIGN.md §3), per token:
+        ``(−α'(t) / (1 − α(t))) Σ_{masked i} −log p_θ(w_i | z_t) / L`` with stratified
+        (antithetic) ``t`` over the batch."""
+        B, L = ids.shape
+        if t is None:
+            t = T_MIN + (1 - T_MIN) * stratified_times(B, generator=generator)
+        nll, num_masked = self._masked_nll(model, ids, t, generator)
+        weight = self.schedule.weight(t).float().to(ids.device)
+        loss = (weight * nll).mean() / L
+        terms = {
+            "masked_ce": (nll.sum() / num_masked.sum().clamp(min=1)).detach(),
+            "mask_fraction": (num_masked.float().mean() / L).detach(),
+        }
+        return LossTerms(loss, terms)
+
+    def predict_ids(
+        self, model: Denoiser, ids: Tensor, t: float, *, rounder=None, generator=None
+    ) -> tuple[Tensor, Tensor]:
+        """Mask ``ids`` at time ``t`` and take the most likely token at each masked position.
+
+        Returns the predicted ids (B, L) and the positions that were masked (predicted).
+        """
+        z = self.q_sample(ids, t, generator=generator)
+        masked = z == self.mask_id
+        return torch.where(masked, self.log_probs(model, z).argmax(-1), z), masked
+
+    def nll_bound(
+        self,
+        model: Denoiser,
+        ids: Tensor,
+        *,
+        num_t: int = 8,
+        generator: torch.Generator | None = None,
+    ) -> BoundTerms:
+        """``−log p(w) ≤ ∫_0^1 (−α'(t)/(1 − α(t))) E_q[Σ_{masked i} −log p_θ(w_i | z_t)] dt``
+        (DESIGN.md §3), estimated per sequence with ``num_t`` stratified times."""
+        B = ids.shape[0]
+        offsets = torch.rand(B, num_t, generator=generator, dtype=torch.float64)
+        u = (torch.arange(num_t, dtype=torch.float64) + offsets) / num_t  # (B, K)
+        reps = []
+        for k in range(num_t):
+            t = u[:, k].clamp(min=T_MIN)
+            nll, _ = self._masked_nll(model, ids, t, generator)
+            reps.append(self.schedule.weight(t).to(ids.device) * nll.double())
+        per_rep = torch.stack(reps, 1)  # (B, K)
+        var = per_rep.var(1) / num_t if num_t > 1 else torch.full((B,), float("nan"))
+        return BoundTerms(per_rep.mean(1), {"diffusion": per_rep.mean(1)}, num_t, variance=var)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: Denoiser,
+        shape: tuple[int, int],
+        *,
+        steps: int,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+        return_trajectory: bool = False,
+        sampler: str = "ancestral",
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        cache: bool = True,
+        clamp: bool = False,
+        rounder=None,
+        constrain=None,
+    ) -> SampleOutput:
+        """Ancestral sampling from all-[MASK] (DESIGN.md §3): from ``t`` to ``s``, each masked
+        position is revealed with probability ``(α(s) − α(t)) / (1 − α(t))``, its token drawn from
+        ``p_θ(· | z_t)`` (with ``temperature`` and nucleus ``top_p``). With ``cache``, a step whose
+        input equals the previous one reuses its output; ``info["nfe_saved"]`` counts them.
+        ``constrain(z)``, if given, re-imposes known tokens before each step (infilling)."""
+        if sampler not in ("auto", "ancestral"):
+            raise ValueError(f"unknown sampler {sampler!r} for mask noise; choose 'ancestral'")
+        if clamp:
+            raise ValueError("clamp applies to Gaussian noise only")
+        B, L = shape
+        device = model.device
+        z = torch.full((B, L), self.mask_id, dtype=torch.long, device=device)
+        grid = time_grid(steps)
+        trajectory = [] if return_trajectory else None
+        nfe = saved = 0
+        cached_z, probs = None, None
+        pairs = list(zip(grid[:-1], grid[1:], strict=True))
+        for t, s in progress(pairs) if progress is not None else pairs:
+            if constrain is not None:
+                z = constrain(z)
+            if not (cache and cached_z is not None and torch.equal(z, cached_z)):
+                probs = _filter(self.log_probs(model, z), temperature, top_p)  # (B, L, V)
+                cached_z = z
+                nfe += 1
+            else:
+                saved += 1
+            a_t, a_s = self.schedule.alpha(t).item(), self.schedule.alpha(s).item()
+            reveal_p = (a_s - a_t) / (1 - a_t)
+            u = torch.rand((B, L), generator=generator).to(device)
+            reveal = (z == self.mask_id) & (u < reveal_p)
+            if reveal.any():  # draw tokens of p_θ(· | z_t) only where something is revealed
+                draw = torch.multinomial(probs[reveal].cpu(), 1, generator=generator)[:, 0]
+                z = z.clone()
+                z[reveal] = draw.to(device)
+            if trajectory is not None:
+                trajectory.append(z.cpu())
+        if constrain is not None:
+            z = constrain(z)
+        return SampleOutput(ids=z, trajectory=trajectory, nfe=nfe, info={"nfe_saved": float(saved)})
+
+
+def _filter(log_probs: Tensor, temperature: float, top_p: float) -> Tensor:
+    """Probabilities after temperature and nucleus (top-p) filtering, renormalised."""
+    probs = (log_probs / temperature).softmax(-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest set reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs

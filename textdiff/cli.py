@@ -1,0 +1,201 @@
+"""The ``textdiff`` command: ``train``, ``generate``, ``evaluate``.
+
+Every refusal is one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError, RunFolderError
+    from .config import ConfigError
+    from .data import DataError
+    from .pipeline import ModelFolderError
+    from .tokenization import TokenizerError
+    from .training import TrainingError
+
+    return (
+        ConfigError,
+        DataError,
+        RunFolderError,
+        ModelFolderError,
+        TokenizerError,
+        CheckpointError,
+        TrainingError,
+        ValueError,
+        FileNotFoundError,
+        PermissionError,
+    )
+
+
+def _print_metrics(record: dict) -> None:
+    for key in sorted(k for k in record if k != "samples"):
+        value = record[key]
+        print(f"  {key:<16} {value:.4f}" if isinstance(value, float) else f"  {key:<16} {value}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import train
+
+    overrides = list(args.set or [])
+    if args.output_dir:
+        overrides.append(f"train.output_dir={args.output_dir}")
+    cfg = load_config(args.config, overrides)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print(
+        f"trained {result.steps} steps in {result.seconds / 60:.1f} min "
+        f"({result.tokens_per_second:,.0f} tokens/s); model saved to {result.model_dir}"
+    )
+    if result.last_eval:
+        print("validation:")
+        _print_metrics(result.last_eval)
+    from .pipeline import TextDiffusionPipeline
+
+    pipe = TextDiffusionPipeline.from_pretrained(result.model_dir)
+    print("samples:")
+    for text in pipe.generate(args.samples, seed=cfg.train.seed, progress=not args.quiet):
+        print(f"  {text}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .pipeline import TextDiffusionPipeline
+
+    pipe = TextDiffusionPipeline.from_pretrained(args.model_dir, precision=args.precision)
+    texts = pipe.generate(
+        args.num_samples,
+        num_steps=args.steps,
+        sampler=args.sampler,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        clamp=args.clamp,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        progress=not args.quiet,
+    )
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        out.write_text("\n".join(texts) + "\n", encoding="utf-8")
+        print(f"wrote {len(texts)} sentences to {out}")
+    else:
+        print("\n".join(texts))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_model
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    report = evaluate_model(
+        args.model_dir,
+        split=args.split,
+        data_config=args.config,
+        max_sentences=args.limit,
+        num_t=args.num_t,
+        num_samples=args.samples,
+        steps=args.steps,
+        seed=args.seed,
+        reference_model=args.reference,
+        progress=not args.quiet,
+    )
+    text = json.dumps(report, indent=2)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+    for key, value in report.get("summary", {}).items():
+        print(f"  {key:<28} {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="textdiff", description="Text diffusion language models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config", help="YAML experiment config, e.g. configs/e2e.yaml")
+    t.add_argument("--output-dir", help="where the run goes (overrides train.output_dir)")
+    t.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.max_steps=100",
+    )
+    t.add_argument("--resume", action="store_true", help="continue the run in the output folder")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in the output folder")
+    t.add_argument("--samples", type=int, default=8, help="sentences to print at the end")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="generate sentences from a trained model folder")
+    g.add_argument("model_dir")
+    g.add_argument("-n", "--num-samples", type=int, default=8)
+    g.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    g.add_argument("--sampler", help="ddpm | ddim | pc (Gaussian), ancestral (mask)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument(
+        "--clamp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="snap x̂_0 to the word table at every step (Gaussian)",
+    )
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    g.add_argument("--out", help="write the sentences to this file")
+    g.add_argument("--overwrite", action="store_true")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("evaluate", help="NLL bound, rounding accuracy and sample quality")
+    e.add_argument("model_dir")
+    e.add_argument("--split", default="test")
+    e.add_argument("--config", help="experiment YAML naming the data (default: the model's run)")
+    e.add_argument("--out", help="write the JSON report here")
+    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--limit", type=int, help="evaluate at most this many sentences")
+    e.add_argument("--num-t", type=int, default=8, help="time samples per sentence for the bound")
+    e.add_argument("--samples", type=int, default=256, help="sentences to generate and score")
+    e.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    e.add_argument("--reference", help="autoregressive model folder that scores the samples")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    for name in ("httpx", "urllib3", "filelock", "datasets", "accelerate"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the user's mistakes, a traceback for our bugs
+        if isinstance(e, _user_errors() + (FileExistsError,)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

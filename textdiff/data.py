@@ -1,0 +1,479 @@
+"""Corpora → fixed-length id rows: load text splits, build a tokenizer, tokenize, batch.
+
+:func:`load_text_splits` reads local files (``text`` / ``json`` / ``csv`` / ``parquet``) or a hub
+dataset with ``datasets`` and gives every split a ``"text"`` column (plus ``"condition"``, the
+meaning representation, for E2E ``MR||sentence`` lines). :func:`tokenize_split` turns an
+in-memory split into a :class:`TokenizedSplit` (all ids in one ``(N, L)`` tensor, batched in a
+seeded order that a resumed run can replay) and a streaming split into a :class:`StreamingSplit`
+(batches made lazily). Every problem with the data is a one-line :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import datasets
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from .config import DataConfig
+from .tokenization import encode, load_tokenizer, train_tokenizer
+
+logger = logging.getLogger(__name__)
+
+BUILDERS = ("text", "json", "csv", "parquet")  # builders that read local `data_files`
+_TEXT_BUILDERS = ("text", "json", "csv")  # builders that decode UTF-8
+_BATCH = 1024  # texts tokenized at once
+
+
+class DataError(ValueError):
+    """The data cannot be loaded or is not in the expected shape."""
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def load_text_splits(
+    cfg: DataConfig,
+) -> dict[str, datasets.Dataset | datasets.IterableDataset]:
+    """Load every split named in ``cfg`` with a ``"text"`` (and, for E2E, ``"condition"``) column.
+
+    Texts are stripped and blank rows dropped; ``cfg.lowercase`` lowercases the text;
+    ``cfg.max_train_samples`` keeps the first rows of ``"train"``.
+
+    Raises:
+        DataError: A data file is missing, empty or not UTF-8; the column is absent; a split is
+            empty; an E2E line has no ``||``; a hub dataset cannot be reached.
+    """
+    _check_files(cfg)
+    try:
+        raw = datasets.load_dataset(
+            cfg.dataset, cfg.config_name, data_files=cfg.data_files or None, streaming=cfg.streaming
+        )
+    except Exception as e:
+        raise _explain(cfg, e) from e
+    splits = {}
+    for split, ds in raw.items():
+        if split == "train" and cfg.max_train_samples is not None:
+            n = cfg.max_train_samples
+            ds = ds.take(n) if cfg.streaming else ds.select(range(min(n, len(ds))))
+        splits[split] = _prepare(ds, split, cfg)
+    return splits
+
+
+def _check_files(cfg: DataConfig) -> None:
+    if cfg.dataset not in BUILDERS:
+        return  # a hub or folder dataset: data_files are relative to it
+    if not cfg.data_files:
+        raise DataError(
+            f"dataset: {cfg.dataset} reads local files; set data.data_files, e.g. "
+            "{train: train.txt, validation: valid.txt}"
+        )
+    for split, path in cfg.data_files.items():
+        if "://" in path:
+            continue
+        matches = glob.glob(path) if glob.has_magic(path) else [path] * os.path.exists(path)
+        if not matches:
+            raise DataError(
+                f"data file {path!r} (split {split!r}) does not exist; fix data.data_files"
+            )
+        if all(os.path.isfile(m) and os.path.getsize(m) == 0 for m in matches):
+            raise DataError(f"split {split!r} is empty: {path!r} has no data; fill or remove it")
+
+
+def _explain(cfg: DataConfig, e: BaseException) -> DataError:
+    """The one-line DataError for an exception raised while reading ``cfg``'s data."""
+    chain, err = [], e
+    while err is not None and len(chain) < 10:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    if isinstance(e, DataError):
+        return e
+    if cfg.dataset in _TEXT_BUILDERS or any(isinstance(c, UnicodeDecodeError) for c in chain):
+        bad = _first_non_utf8(cfg.data_files.values())
+        if bad is not None:
+            return DataError(
+                f"data file {bad!r} is not valid UTF-8; re-encode it, e.g. "
+                f"`iconv -f latin1 -t utf-8 in.txt > out.txt`"
+            )
+    if cfg.dataset not in BUILDERS and not os.path.exists(cfg.dataset):
+        offline = datasets.config.HF_HUB_OFFLINE or any(
+            isinstance(c, ConnectionError) for c in chain
+        )
+        if offline:
+            return DataError(
+                f"dataset {cfg.dataset!r} is not a local builder and the Hugging Face hub cannot "
+                "be reached (no network or offline mode); use `dataset: text` with `data_files`"
+            )
+        if any(isinstance(c, datasets.exceptions.DatasetNotFoundError) for c in chain):
+            return DataError(
+                f"dataset {cfg.dataset!r} is not on the Hugging Face hub; check the name, or use "
+                "`dataset: text` with `data_files`"
+            )
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return DataError(
+        f"could not load dataset {cfg.dataset!r}: {first}; check data.dataset and data.data_files"
+    )
+
+
+def _first_non_utf8(paths: Iterable[str]) -> str | None:
+    """The first local file among ``paths`` (globs allowed) that is not valid UTF-8."""
+    for pattern in paths:
+        for path in glob.glob(pattern) if glob.has_magic(pattern) else [pattern]:
+            if not os.path.isfile(path):
+                continue
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            try:
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        decoder.decode(chunk)
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                return path
+    return None
+
+
+def _prepare(
+    ds: datasets.Dataset | datasets.IterableDataset, split: str, cfg: DataConfig
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Rename the column to ``"text"``, split E2E lines, lowercase, drop blank rows."""
+    streaming = isinstance(ds, datasets.IterableDataset)
+    columns = ds.column_names
+    if columns is None:  # streaming with unknown features: look at the first row
+        first = _peek(ds, split, cfg)
+        if first is None:
+            raise DataError(f"split {split!r} is empty; check data.data_files[{split!r}]")
+        columns = list(first)
+    if cfg.column not in columns:
+        raise DataError(
+            f"split {split!r} has no column {cfg.column!r}; columns present: {list(columns)}; "
+            "set data.column to one of them"
+        )
+
+    def transform(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        texts = ["" if t is None else str(t) for t in batch[cfg.column]]
+        out: dict[str, list] = {}
+        if cfg.format == "e2e":
+            for i, line in zip(indices, texts, strict=True):
+                if line.strip() and "||" not in line:
+                    where = f"line {i + 1}" if cfg.dataset == "text" else f"row {i}"
+                    raise DataError(
+                        f"split {split!r} {where} has no '||' between MR and sentence "
+                        f"({line[:50]!r}); fix the line or set data.format: plain"
+                    )
+            pairs = [line.partition("||") for line in texts]
+            out["condition"] = [mr.strip() for mr, _, _ in pairs]
+            texts = [sentence for _, _, sentence in pairs]
+        texts = [t.strip() for t in texts]
+        out["text"] = [t.lower() for t in texts] if cfg.lowercase else texts
+        return out
+
+    kwargs: dict[str, Any] = dict(batched=True, with_indices=True, remove_columns=list(columns))
+    if not streaming:
+        kwargs["desc"] = f"preparing {split}"
+    ds = ds.map(transform, **kwargs)
+    ds = ds.filter(lambda batch: [bool(t) for t in batch["text"]], batched=True)
+    empty = _peek(ds, split, cfg) is None if streaming else len(ds) == 0
+    if empty:
+        raise DataError(f"split {split!r} is empty (no non-blank text); check its data file")
+    return ds
+
+
+def _peek(ds: datasets.IterableDataset, split: str, cfg: DataConfig) -> dict | None:
+    try:
+        return next(iter(ds.take(1)), None)
+    except Exception as e:
+        raise _explain(cfg, e) from e
+
+
+def iter_texts(
+    ds: datasets.Dataset | datasets.IterableDataset, max_texts: int | None = None
+) -> Iterator[str]:
+    """The ``"text"`` column of a split, in order (at most ``max_texts`` of them)."""
+    if isinstance(ds, datasets.IterableDataset):
+        rows = ds if max_texts is None else ds.take(max_texts)
+        for batch in rows.iter(batch_size=_BATCH):
+            yield from batch["text"]
+        return
+    n = len(ds) if max_texts is None else min(max_texts, len(ds))
+    for start in range(0, n, _BATCH):
+        yield from ds[start : min(start + _BATCH, n)]["text"]
+
+
+def build_tokenizer(cfg: DataConfig, train_texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    """``cfg.tokenizer`` loaded if set, else a tokenizer trained on ``train_texts``."""
+    if cfg.tokenizer:
+        return load_tokenizer(cfg.tokenizer)
+    return train_tokenizer(
+        train_texts,
+        kind=cfg.tokenizer_kind,
+        min_frequency=cfg.min_frequency,
+        vocab_size=cfg.bpe_vocab_size,
+        lowercase=cfg.lowercase,
+    )
+
+
+# ------------------------------------------------------------------------------ tokenizing
+
+
+@dataclass
+class TokenizedSplit:
+    """An in-memory split: ``ids`` ``(N, L)``, one row per text (pad) or per chunk (chunk)."""
+
+    ids: torch.Tensor  # (N, L) long
+    cond: list[str] | None = None  # the E2E MR of each row (packing="pad" only)
+    num_truncated: int = 0
+    num_texts: int = 0
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def num_batches(self, batch_size: int, *, world_size: int = 1, drop_last: bool = True) -> int:
+        """Batches per epoch, the same on every rank (global batch = batch_size × world_size)."""
+        size = batch_size * world_size
+        return len(self) // size if drop_last else -(-len(self) // size)
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[torch.Tensor]:
+        """Yield ``(batch_size, L)`` id batches in a seeded shuffled order.
+
+        The order is a permutation drawn from ``torch.Generator().manual_seed(seed + epoch)``;
+        batch ``b`` of the epoch is the global batch ``perm[b·G:(b+1)·G]`` with
+        ``G = batch_size · world_size``, and rank ``r`` gets its ``r``-th contiguous slice, so
+        the ranks' shards are disjoint and together form the single-process batch of size G.
+        :meth:`batch_indices` takes the same arguments and yields the row indices instead.
+
+        Args:
+            batch_size: Rows per rank per batch.
+            seed: Base seed of the shuffle.
+            epoch: Epoch number; each epoch has its own order.
+            start: First batch index to yield (a resumed run skips what it saw).
+            drop_last: Drop the last incomplete global batch. If False, that batch is split
+                as evenly as possible across ranks (a rank's share may be smaller, even empty),
+                so every rank runs the same number of steps.
+            rank: This process's rank.
+            world_size: Number of processes.
+        """
+        args = dict(start=start, drop_last=drop_last, rank=rank, world_size=world_size)
+        for idx in self.batch_indices(batch_size, seed=seed, epoch=epoch, **args):
+            yield self.ids[idx]
+
+    def batch_indices(
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[torch.Tensor]:
+        """The row indices of each batch of :meth:`batches` (e.g. to look up ``cond``)."""
+        if batch_size < 1 or start < 0 or not 0 <= rank < world_size:
+            raise DataError(
+                f"batches need batch_size ≥ 1, start ≥ 0 and 0 ≤ rank < world_size; got "
+                f"batch_size={batch_size}, start={start}, rank={rank}, world_size={world_size}"
+            )
+        n = self.num_batches(batch_size, world_size=world_size, drop_last=drop_last)
+        if n == 0:
+            raise DataError(
+                f"the split has {len(self)} rows, fewer than one batch of "
+                f"{batch_size * world_size}; lower train.batch_size or add data"
+            )
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed + epoch))
+        size = batch_size * world_size
+        for b in range(start, n):
+            yield torch.tensor_split(perm[b * size : (b + 1) * size], world_size)[rank]
+
+
+def tokenize_split(
+    ds: datasets.Dataset | datasets.IterableDataset,
+    tok: PreTrainedTokenizerFast,
+    seq_len: int,
+    packing: Literal["pad", "chunk"] = "pad",
+    name: str = "data",
+) -> TokenizedSplit | StreamingSplit:
+    """Tokenize a split prepared by :func:`load_text_splits`.
+
+    ``packing="pad"``: one text per row, ``ids + [EOS] + [PAD]...``, cut to keep ``[EOS]``
+    (the number of cut texts is logged). ``packing="chunk"``: all texts concatenated, each
+    followed by ``[EOS]``, cut into rows of ``seq_len``; the last row is padded with ``[PAD]``.
+
+    Args:
+        ds: A split with a ``"text"`` column (and optionally ``"condition"``).
+        tok: The tokenizer.
+        seq_len: L, the row length.
+        packing: ``"pad"`` or ``"chunk"``.
+        name: The split's name, for log messages.
+
+    Returns:
+        A :class:`TokenizedSplit` for an in-memory dataset, a :class:`StreamingSplit` for a
+        streaming one.
+    """
+    if packing not in ("pad", "chunk"):
+        raise DataError(f"packing {packing!r} is unknown; choose 'pad' or 'chunk'")
+    if isinstance(ds, datasets.IterableDataset):
+        return StreamingSplit(ds, tok, seq_len, packing, name)
+    if len(ds) == 0:
+        raise DataError(f"split {name!r} is empty; check its data file")
+    if packing == "chunk":
+        rows = _chunk_rows(_stream_ids(tok, list(ds["text"])), seq_len, tok.pad_token_id)
+        return TokenizedSplit(rows, num_texts=len(ds))
+    parts, num_truncated = [], 0
+    for start in range(0, len(ds), _BATCH):
+        ids, cut = encode(tok, ds[start : start + _BATCH]["text"], seq_len)
+        parts.append(ids)
+        num_truncated += cut
+    _log_truncation(name, num_truncated, len(ds), seq_len)
+    cond = list(ds["condition"]) if "condition" in ds.column_names else None
+    return TokenizedSplit(torch.cat(parts), cond, num_truncated, len(ds))
+
+
+def _stream_ids(tok: PreTrainedTokenizerFast, texts: list[str]) -> list[int]:
+    """All texts' ids concatenated, each text followed by [EOS]."""
+    out: list[int] = []
+    for start in range(0, len(texts), _BATCH):
+        for row in tok(texts[start : start + _BATCH], add_special_tokens=False)["input_ids"]:
+            out += [*row, tok.eos_token_id]
+    return out
+
+
+def _chunk_rows(stream: list[int], seq_len: int, pad_id: int) -> torch.Tensor:
+    """A token stream cut into ``(N, L)`` rows, the last one padded."""
+    stream = stream + [pad_id] * ((-len(stream)) % seq_len)
+    return torch.tensor(stream, dtype=torch.long).view(-1, seq_len)
+
+
+def _log_truncation(name: str, num_truncated: int, num_texts: int, seq_len: int) -> None:
+    if num_truncated:
+        logger.warning(
+            "%s: %d of %d lines were longer than %d tokens and were truncated (the row still "
+            "ends with [EOS]); raise model.seq_len or use data.packing: chunk",
+            name,
+            num_truncated,
+            num_texts,
+            seq_len - 1,
+        )
+
+
+@dataclass
+class StreamingSplit:
+    """A streaming split: id batches are tokenized lazily while iterating."""
+
+    dataset: datasets.IterableDataset = field(repr=False)
+    tok: PreTrainedTokenizerFast = field(repr=False)
+    seq_len: int
+    packing: Literal["pad", "chunk"] = "pad"
+    name: str = "data"
+    num_truncated: int = field(default=0, init=False)  # counted so far, over all iterations
+    num_texts: int = field(default=0, init=False)
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        seed: int,
+        skip_batches: int = 0,
+        *,
+        epoch: int = 0,
+        buffer_size: int = 10_000,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[torch.Tensor]:
+        """Yield ``(batch_size, L)`` id batches from a shuffle buffer.
+
+        Args:
+            batch_size: Rows per batch.
+            seed: Seed of the shuffle buffer (``IterableDataset.shuffle``).
+            skip_batches: Batches to skip first (a resumed run); with packing="pad" their
+                texts are not even tokenized.
+            epoch: Epoch number; the buffer's seed becomes ``seed + epoch``.
+            buffer_size: Rows in the shuffle buffer.
+            drop_last: Drop the last incomplete batch.
+            rank: This process's rank; each rank reads a disjoint part of the stream.
+            world_size: Number of processes.
+        """
+        ds = self.dataset
+        if world_size > 1:
+            from datasets.distributed import split_dataset_by_node
+
+            ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
+        ds = ds.shuffle(seed=seed, buffer_size=buffer_size)
+        ds.set_epoch(epoch)
+        cut_before, seen_before = self.num_truncated, self.num_texts
+        try:
+            make = self._padded if self.packing == "pad" else self._chunked
+            yield from make(self._texts(ds, batch_size), batch_size, skip_batches, drop_last)
+        finally:
+            cut, seen = self.num_truncated - cut_before, self.num_texts - seen_before
+            _log_truncation(self.name, cut, seen, self.seq_len)
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[torch.Tensor]:
+        """:meth:`TokenizedSplit.batches`' interface: :meth:`iter_batches` skipping ``start``."""
+        kwargs = dict(epoch=epoch, drop_last=drop_last, rank=rank, world_size=world_size)
+        return self.iter_batches(batch_size, seed, start, **kwargs)
+
+    def _texts(self, ds: datasets.IterableDataset, batch_size: int) -> Iterator[list[str]]:
+        try:
+            for batch in ds.iter(batch_size=batch_size):
+                yield batch["text"]
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"split {self.name!r} is not valid UTF-8 ({e.reason} at byte {e.start}); "
+                "re-encode its data file to UTF-8"
+            ) from e
+
+    def _padded(
+        self, groups: Iterator[list[str]], batch_size: int, skip: int, drop_last: bool
+    ) -> Iterator[torch.Tensor]:
+        for b, texts in enumerate(groups):
+            if len(texts) < batch_size and drop_last:
+                return
+            if b < skip:
+                continue
+            ids, cut = encode(self.tok, texts, self.seq_len)
+            self.num_truncated += cut
+            self.num_texts += len(texts)
+            yield ids
+
+    def _chunked(
+        self, groups: Iterator[list[str]], batch_size: int, skip: int, drop_last: bool
+    ) -> Iterator[torch.Tensor]:
+        size, b = batch_size * self.seq_len, 0
+        buffer: list[int] = []
+        for texts in groups:
+            self.num_texts += len(texts)
+            buffer += _stream_ids(self.tok, texts)
+            while len(buffer) >= size:
+                rows, buffer = buffer[:size], buffer[size:]
+                if b >= skip:
+                    yield torch.tensor(rows, dtype=torch.long).view(batch_size, self.seq_len)
+                b += 1
+        if buffer and not drop_last and b >= skip:
+            yield _chunk_rows(buffer, self.seq_len, self.tok.pad_token_id)

@@ -1,0 +1,338 @@
+"""Training with ``accelerate``: one process on a laptop CPU, many GPUs or nodes unchanged.
+
+``train(cfg)`` builds the tokenizer, data, denoiser and forward process from an
+:class:`ExperimentConfig`, runs AdamW with warm-up and decay, gradient clipping and accumulation,
+optional bf16 autocast and EMA weights, validates periodically (every loss term, rounding accuracy
+of x̂_0 at several noise levels, a few samples), logs to ``metrics.jsonl`` and checkpoints so that
+``resume=True`` continues exactly where a run stopped.
+
+Output folder::
+
+    experiment.yaml      the resolved config (a resumed run must match it)
+    tokenizer/           saved before the first step, so a resumed run reads the same one
+    metrics.jsonl        one JSON object per log / evaluation
+    checkpoints/step-N/  accelerate state + EMA weights + trainer_state.json
+    model/               the final model folder (EMA weights), for TextDiffusionPipeline
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .checkpoint import CheckpointManager, RunFolderError, prepare_run_folder
+from .config import ExperimentConfig
+from .data import build_tokenizer, load_text_splits, tokenize_split
+from .modeling import TextDiffusionConfig, TextDiffusionModel
+from .pipeline import TextDiffusionPipeline, bf16_supported, build_process
+from .rounding import Rounder
+from .tokenization import decode, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+ACC_TIMES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path
+    steps: int
+    seconds: float
+    tokens_per_second: float
+    last_eval: dict[str, float]
+
+
+class _Denoiser:
+    """The :class:`textdiff.process.Denoiser` view of a prepared (possibly DDP-wrapped) model:
+    the forward pass goes through the wrapper, the word table and read-out through the module."""
+
+    def __init__(self, prepared, module: TextDiffusionModel):
+        self.prepared, self.module = prepared, module
+        self.embed_dim, self.device = module.embed_dim, module.device
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.module.embed(ids)
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.module.logits(x)
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.prepared(x_t, t)
+
+
+def lr_lambda(cfg) -> callable:
+    """Linear warm-up to 1, then cosine / linear decay to ``min_lr_ratio`` (or constant)."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_decay == "constant":
+            return 1.0
+        frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * frac)) if cfg.lr_decay == "cosine" else 1 - frac
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matmul weights only (not on the word table, norms or biases)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() == 2 and "embedding" not in name else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` → ``bf16`` where bf16 matmuls are native, else ``fp32``; accelerate's names."""
+    if precision == "auto":
+        precision = "bf16" if bf16_supported(device) else "fp32"
+    return "bf16" if precision == "bf16" else "no"
+
+
+def _batches(split, cfg, epoch: int, start: int, rank: int, world: int):
+    """(epoch, index, batch) forever, from ``(epoch, start)`` on, this rank's share."""
+    while True:
+        for i, batch in enumerate(
+            split.batches(
+                cfg.batch_size, seed=cfg.seed, epoch=epoch, start=start, rank=rank, world_size=world
+            ),
+            start=start,
+        ):
+            yield epoch, i, batch
+        epoch, start = epoch + 1, 0
+
+
+@torch.no_grad()
+def evaluate_batches(process, model, batches: list[Tensor], *, seed: int, rounder=None) -> dict:
+    """Mean loss terms and accuracy of the denoiser's token prediction at ``ACC_TIMES``, on
+    fixed batches with fixed noise, so evaluations at different steps compare."""
+    gen = torch.Generator().manual_seed(seed)
+    sums: dict[str, float] = {}
+    for batch in batches:
+        for k, v in process.loss(model, batch, generator=gen).floats().items():
+            sums[k] = sums.get(k, 0.0) + v / len(batches)
+    for t in ACC_TIMES:
+        hits = total = 0
+        for batch in batches:
+            pred, where = process.predict_ids(model, batch, t, rounder=rounder, generator=gen)
+            hits += ((pred == batch) & where).sum().item()
+            total += where.sum().item()
+        sums[f"acc_t{t:g}"] = hits / max(total, 1)
+    return sums
+
+
+def train(
+    cfg: ExperimentConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the model ``cfg`` describes; returns where it was saved and the last evaluation."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    tc = cfg.train
+    out = Path(tc.output_dir)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=resolve_precision(
+            tc.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        ),
+        gradient_accumulation_steps=tc.grad_accum,
+    )
+    main = accelerator.is_main_process
+    if main:
+        prepare_run_folder(out, cfg, resume=resume, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    set_seed(tc.seed + accelerator.process_index)
+
+    splits = load_text_splits(cfg.data)
+    if "train" not in splits:
+        raise RunFolderError(f"the data has no 'train' split (found {sorted(splits)})")
+    tok_dir = out / "tokenizer"
+    if resume and (tok_dir / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(str(tok_dir))
+    else:
+        tokenizer = build_tokenizer(cfg.data, splits["train"]["text"])
+        if main:
+            tokenizer.save_pretrained(tok_dir)
+    accelerator.wait_for_everyone()
+    L = cfg.model.seq_len
+    train_split = tokenize_split(splits["train"], tokenizer, L, cfg.data.packing)
+    val_name = next((s for s in ("validation", "valid", "test") if s in splits), None)
+    val_split = (
+        tokenize_split(splits[val_name], tokenizer, L, cfg.data.packing) if val_name else None
+    )
+
+    net_cfg = cfg.network_config(len(tokenizer))
+    hf_cfg = TextDiffusionConfig.from_parts(
+        net_cfg,
+        cfg.process,
+        cfg.sample,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+    )
+    torch.manual_seed(tc.seed)
+    model = TextDiffusionModel(hf_cfg)
+    process = build_process(hf_cfg)
+    ema = TextDiffusionModel(hf_cfg).eval() if tc.ema_decay > 0 else None
+    if ema is not None:
+        ema.load_state_dict(model.state_dict())
+        ema.requires_grad_(False)
+    opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
+    prepared, opt, sched = accelerator.prepare(model, opt, sched)
+    module = accelerator.unwrap_model(prepared)
+    ema = ema.to(accelerator.device) if ema is not None else None
+    denoiser = _Denoiser(prepared, module)
+
+    ckpt = CheckpointManager(out / "checkpoints", keep=tc.keep_checkpoints)
+    noise_gen = torch.Generator().manual_seed(tc.seed * 1000 + accelerator.process_index)
+    state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0}
+    if resume:
+        restored = ckpt.load_latest(accelerator, ema)
+        if restored is not None:
+            state, gen_state = restored
+            noise_gen.set_state(gen_state)
+            logger.info("resumed from step %d", state["step"])
+
+    eval_batches = []
+    if val_split is not None:
+        eval_batches = [
+            b.to(accelerator.device)
+            for b, _ in zip(
+                val_split.batches(tc.batch_size, seed=tc.seed, epoch=0),
+                range(tc.eval_batches),
+                strict=False,
+            )
+        ]
+    metrics_path = out / "metrics.jsonl"
+
+    def log(record: dict) -> None:
+        if main:
+            with metrics_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run_eval(step: int) -> dict:
+        evaluated = ema if ema is not None else module
+        evaluated.eval()
+        rounder = Rounder(evaluated.word_embedding.weight)
+        record = (
+            evaluate_batches(process, evaluated, eval_batches, seed=tc.seed, rounder=rounder)
+            if eval_batches
+            else {}
+        )
+        if tc.eval_samples:
+            pipe = TextDiffusionPipeline(evaluated, tokenizer, precision=tc.precision)
+            record["samples"] = pipe.generate(
+                tc.eval_samples, seed=tc.seed, num_steps=min(cfg.sample.steps, 100)
+            )
+        module.train()
+        log({"step": step, "split": "valid", **record})
+        return record
+
+    stream = _batches(
+        train_split,
+        tc,
+        state["epoch"],
+        state["batch"],
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
+    world_batch = tc.batch_size * accelerator.num_processes
+    bar = None
+    if progress and main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tc.max_steps, initial=state["step"], desc="training", unit="step")
+    module.train()
+    last_eval: dict = {}
+    t0, tokens0 = time.perf_counter(), state["tokens"]
+    running: dict[str, float] = {}
+    while state["step"] < tc.max_steps:
+        for _ in range(tc.grad_accum):
+            epoch, index, batch = next(stream)
+            with accelerator.accumulate(prepared), accelerator.autocast():
+                terms = process.loss(denoiser, batch.to(accelerator.device), generator=noise_gen)
+                accelerator.backward(terms.loss)
+                if accelerator.sync_gradients and tc.clip_grad > 0:
+                    accelerator.clip_grad_norm_(prepared.parameters(), tc.clip_grad)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            for k, v in terms.floats().items():
+                running[k] = running.get(k, 0.0) + v / tc.grad_accum
+        state.update(
+            step=state["step"] + 1,
+            epoch=epoch,
+            batch=index + 1,
+            tokens=state["tokens"] + world_batch * L * tc.grad_accum,
+        )
+        if not math.isfinite(running["loss"]):
+            raise TrainingError(
+                f"the loss became {running['loss']} at step {state['step']}; the last good "
+                f"checkpoint is kept in {ckpt.root} (try a lower train.lr)"
+            )
+        if ema is not None:
+            decay = min(tc.ema_decay, (1 + state["step"]) / (10 + state["step"]))
+            with torch.no_grad():
+                torch._foreach_lerp_(list(ema.parameters()), list(module.parameters()), 1 - decay)
+        step = state["step"]
+        if bar is not None:
+            bar.update(1)
+        if step % tc.log_every == 0 or step == tc.max_steps:
+            n = tc.log_every if step % tc.log_every == 0 else step % tc.log_every
+            elapsed = time.perf_counter() - t0
+            record = {k: v / n for k, v in running.items()}
+            record.update(
+                step=step,
+                split="train",
+                lr=sched.get_last_lr()[0],
+                tokens_per_s=(state["tokens"] - tokens0) / max(elapsed, 1e-9),
+            )
+            log(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+            running = {}
+        if step % tc.eval_every == 0 or step == tc.max_steps:
+            last_eval = run_eval(step)
+        if step % tc.save_every == 0 or step == tc.max_steps:
+            ckpt.save(accelerator, ema, state, noise_gen.get_state())
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    model_dir = out / "model"
+    if main:
+        final = ema if ema is not None else module
+        TextDiffusionPipeline(final, tokenizer).save_pretrained(model_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(
+        out,
+        model_dir,
+        state["step"],
+        seconds,
+        (state["tokens"] - tokens0) / max(seconds, 1e-9),
+        last_eval,
+    )
+
+
+__all__ = ["train", "TrainResult", "TrainingError", "decode"]
