@@ -42,7 +42,7 @@ def oracle_factory():
     return Oracle
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def e2e_dir():
     here = os.path.dirname(os.path.abspath(__file__))
     path = os.path.normpath(os.path.join(here, "..", "..", "shared", "data", "e2e"))

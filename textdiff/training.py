@@ -319,6 +319,18 @@ def train(
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
+    with torch.no_grad():  # every rank must hold the same weights
+        checksum = torch.stack([p.double().sum() for p in module.parameters()]).sum()
+    sums = accelerator.gather(checksum.reshape(1).to(accelerator.device)).tolist()
+    log(
+        {
+            "step": state["step"],
+            "split": "final",
+            "world_size": accelerator.num_processes,
+            "param_checksums": sums,
+            "ranks_in_sync": len(set(sums)) == 1,
+        }
+    )
     model_dir = out / "model"
     if main:
         final = ema if ema is not None else module
