@@ -68,7 +68,7 @@ def test_save_and_reload_give_identical_outputs(tmp_path):
     again = TextDiffusionModel.from_pretrained(tmp_path).eval()
     x, t = torch.randn(2, 8, 8), torch.rand(2)
     assert torch.equal(model(x, t), again(x, t))
-    assert again.config.process_config() == model.config.process_config()
+    assert again.config.process == model.config.process
 
 
 def test_tiny_model_overfits_and_generates_its_sentences():

@@ -62,7 +62,8 @@ class ModelConfig:
 class ProcessConfig:
     """The forward process (DESIGN.md §2–3)."""
 
-    noise: Literal["gaussian", "mask"] = "gaussian"
+    # gaussian | mask; autoregressive trains the GPT-2-architecture baseline with the same trainer
+    noise: Literal["gaussian", "mask", "autoregressive"] = "gaussian"
     schedule: str = "sqrt"  # gaussian: linear | cosine | sqrt; mask: linear | cosine
     prediction: Literal["x0", "eps"] = "x0"  # Gaussian network target
     num_steps: int | None = 2000  # T of the discrete bound (null: continuous time)
@@ -71,6 +72,8 @@ class ProcessConfig:
     def check(self) -> None:
         from .schedules import KEEP_SCHEDULES, SCHEDULES
 
+        if self.noise == "autoregressive":
+            return
         valid = SCHEDULES if self.noise == "gaussian" else KEEP_SCHEDULES
         if self.schedule not in valid:
             raise ConfigError(
@@ -161,6 +164,13 @@ class SampleConfig:
         _positive(self, "steps", "temperature", "top_p")
 
 
+SAMPLERS_BY_NOISE = {
+    "gaussian": ("auto", "ddpm", "ddim", "pc"),
+    "mask": ("auto", "ancestral"),
+    "autoregressive": ("auto",),
+}
+
+
 @dataclass
 class ExperimentConfig:
     """Everything a training run needs."""
@@ -176,17 +186,13 @@ class ExperimentConfig:
             part.check()
         if self.process.noise == "mask" and self.model.output == "embedding":
             raise ConfigError("process.noise=mask needs model.output=logits (or auto)")
-        samplers = (
-            ("auto", "ancestral")
-            if self.process.noise == "mask"
-            else ("auto", "ddpm", "ddim", "pc")
-        )
+        samplers = SAMPLERS_BY_NOISE[self.process.noise]
         if self.sample.sampler not in samplers:
             raise ConfigError(
                 f"sample.sampler {self.sample.sampler!r} does not fit process.noise="
                 f"{self.process.noise}; choose one of {list(samplers)}"
             )
-        if self.sample.clamp and self.process.noise == "mask":
+        if self.sample.clamp and self.process.noise != "gaussian":
             raise ConfigError("sample.clamp applies to Gaussian noise only")
 
     def network_config(self, vocab_size: int) -> ModelConfig:

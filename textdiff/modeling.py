@@ -65,12 +65,6 @@ class TextDiffusionConfig(PretrainedConfig):
     def model_config(self) -> ModelConfig:
         return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
 
-    def process_config(self) -> ProcessConfig:
-        return ProcessConfig(**self.process)
-
-    def sample_config(self) -> SampleConfig:
-        return SampleConfig(**self.sample)
-
 
 class Block(nn.Module):
     """Pre-LN Transformer encoder block, attention as plain matmuls."""
@@ -94,7 +88,7 @@ class Block(nn.Module):
             scores = scores + attn_bias
         attn = scores.softmax(-1) @ v  # (B, H, L, D/H)
         x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(B, L, D)))
-        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh")))
+        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
 
 
 class TextDiffusionModel(PreTrainedModel):
@@ -184,3 +178,54 @@ class TextDiffusionModel(PreTrainedModel):
         out_dim = cfg.embed_dim if cfg.output == "embedding" else cfg.vocab_size
         fwd = cfg.num_layers * per_layer + 2 * (cfg.embed_dim + cfg.pos_dim) * D + 2 * D * out_dim
         return fwd * (3 if training else 1)
+
+
+def ar_config(
+    model: ModelConfig, process: ProcessConfig, sample: SampleConfig, **token_ids
+) -> PretrainedConfig:
+    """A GPT-2-architecture causal LM of the same width, depth, heads and length as ``model``
+    (the autoregressive baseline); the process and sample settings ride along in its config.
+    The output head is not tied to the input table, so every tensor is saved once."""
+    from transformers import GPT2Config
+
+    cfg = GPT2Config(
+        vocab_size=model.vocab_size,
+        n_positions=model.seq_len,
+        n_embd=model.hidden_size,
+        n_layer=model.num_layers,
+        n_head=model.num_heads,
+        n_inner=int(model.mlp_ratio * model.hidden_size),
+        resid_pdrop=model.dropout,
+        embd_pdrop=model.dropout,
+        attn_pdrop=model.dropout,
+        bos_token_id=token_ids.get("eos_token_id"),
+        tie_word_embeddings=False,
+        **token_ids,
+    )
+    cfg.process, cfg.sample = asdict(process), asdict(sample)
+    return cfg
+
+
+def make_config(
+    model: ModelConfig, process: ProcessConfig, sample: SampleConfig, **token_ids
+) -> PretrainedConfig:
+    """The saved config of a model: a textdiff denoiser, or the autoregressive baseline."""
+    if process.noise == "autoregressive":
+        token_ids.pop("mask_token_id", None)
+        return ar_config(model, process, sample, **token_ids)
+    return TextDiffusionConfig.from_parts(model, process, sample, **token_ids)
+
+
+def model_class(model_type: str) -> type[PreTrainedModel]:
+    """The class that loads a saved ``config.json`` of ``model_type``."""
+    from transformers import GPT2LMHeadModel
+
+    classes = {"textdiff": TextDiffusionModel, "gpt2": GPT2LMHeadModel}
+    if model_type not in classes:
+        raise ValueError(f"model type {model_type!r} is not a textdiff model ({sorted(classes)})")
+    return classes[model_type]
+
+
+def sequence_length(config: PretrainedConfig) -> int:
+    """Tokens per sequence of either kind of model."""
+    return getattr(config, "seq_len", None) or config.n_positions

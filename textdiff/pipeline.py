@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,10 @@ import torch
 from torch import Tensor
 
 from .absorbing import MaskProcess
+from .autoregressive import AutoregressiveObjective
+from .config import ProcessConfig, SampleConfig
 from .gaussian import GaussianProcess
-from .modeling import TextDiffusionModel
+from .modeling import model_class, sequence_length
 from .process import ForwardProcess
 from .rounding import Rounder
 
@@ -30,8 +33,10 @@ class ModelFolderError(ValueError):
 
 
 def build_process(config) -> ForwardProcess:
-    """The forward process a :class:`TextDiffusionConfig` describes."""
-    p = config.process_config()
+    """The forward process (or the autoregressive objective) a saved model config describes."""
+    p = ProcessConfig(**config.process)
+    if p.noise == "autoregressive":
+        return AutoregressiveObjective(eos_id=config.eos_token_id, pad_id=config.pad_token_id)
     if p.noise == "mask":
         if config.mask_token_id is None:
             raise ModelFolderError("mask noise needs config.mask_token_id (the [MASK] token id)")
@@ -61,11 +66,13 @@ def autocast(device: torch.device | str, precision: str):
 
 @dataclass
 class GenerationOutput:
-    """Generated ``texts``; ``ids`` (N, L); per-batch trajectories when asked for; ``nfe`` the
-    number of network calls made; ``info`` sampler statistics."""
+    """Generated ``texts``; ``ids`` (N, L); the last x̂_0 (N, L, d) of Gaussian models;
+    per-batch trajectories when asked for; ``nfe`` the number of network calls made; ``info``
+    sampler statistics."""
 
     texts: list[str]
     ids: Tensor
+    x0: Tensor | None
     trajectory: list[list[Tensor]] | None
     nfe: int
     info: dict[str, float]
@@ -74,9 +81,10 @@ class GenerationOutput:
 class TextDiffusionPipeline:
     """Generates text with a trained denoiser, its forward process and tokenizer."""
 
-    def __init__(self, model: TextDiffusionModel, tokenizer, precision: str = "auto"):
+    def __init__(self, model, tokenizer, precision: str = "auto"):
         self.model, self.tokenizer, self.precision = model.eval(), tokenizer, precision
         self.process = build_process(model.config)
+        self.seq_len = sequence_length(model.config)
         self._rounder: Rounder | None = None
 
     @classmethod
@@ -87,8 +95,8 @@ class TextDiffusionPipeline:
         from .tokenization import load_tokenizer
 
         folder = Path(folder)
-        check_model_folder(folder)
-        model = TextDiffusionModel.from_pretrained(folder, use_safetensors=True).to(device)
+        model_type = check_model_folder(folder)
+        model = model_class(model_type).from_pretrained(folder, use_safetensors=True).to(device)
         tokenizer = load_tokenizer(str(folder))
         if len(tokenizer) != model.config.vocab_size:
             raise ModelFolderError(
@@ -103,8 +111,11 @@ class TextDiffusionPipeline:
         self.tokenizer.save_pretrained(folder)
 
     @property
-    def rounder(self) -> Rounder:
-        """FAISS index over the current word table; rebuilt if the weights changed."""
+    def rounder(self) -> Rounder | None:
+        """FAISS index over the current word table, rebuilt if the weights changed (``None`` for
+        a model without one, the autoregressive baseline)."""
+        if not hasattr(self.model, "word_embedding"):
+            return None
         weight = self.model.word_embedding.weight
         if self._rounder is None:
             self._rounder = Rounder(weight)
@@ -135,17 +146,17 @@ class TextDiffusionPipeline:
         ``seed`` and ``batch_size`` give the same text. Returns the texts, or a
         :class:`GenerationOutput` when ``return_ids`` or ``return_trajectory`` is set.
         """
-        defaults = self.model.config.sample_config()
+        defaults = SampleConfig(**self.model.config.sample)
         steps = defaults.steps if num_steps is None else num_steps
-        length = self.model.seq_len if seq_len is None else seq_len
+        length = self.seq_len if seq_len is None else seq_len
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if steps < 1:
             raise ValueError(f"num_steps must be at least 1, got {steps}")
-        if not 1 <= length <= self.model.seq_len:
-            raise ValueError(f"seq_len must be in 1..{self.model.seq_len}, got {length}")
+        if not 1 <= length <= self.seq_len:
+            raise ValueError(f"seq_len must be in 1..{self.seq_len}, got {length}")
         options = {
             "sampler": defaults.sampler if sampler is None else sampler,
             "clamp": defaults.clamp if clamp is None else clamp,
@@ -160,7 +171,7 @@ class TextDiffusionPipeline:
             from tqdm.auto import tqdm
 
             bar = functools.partial(tqdm, desc="sampling", leave=False)
-        ids, trajectories, nfe, info = [], [], 0, {}
+        ids, x0s, trajectories, nfe, info = [], [], [], 0, {}
         device = self.model.device
         for lo in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - lo)
@@ -176,6 +187,8 @@ class TextDiffusionPipeline:
                     **options,
                 )
             ids.append(out.ids.cpu())
+            if out.x0 is not None:
+                x0s.append(out.x0.float().cpu())
             trajectories.append(out.trajectory)
             nfe += out.nfe
             for k, v in out.info.items():
@@ -186,16 +199,18 @@ class TextDiffusionPipeline:
         texts = decode(self.tokenizer, all_ids)
         if not (return_ids or return_trajectory):
             return texts
+        x0 = torch.cat(x0s) if x0s else None
         return GenerationOutput(
-            texts, all_ids, trajectories if return_trajectory else None, nfe, info
+            texts, all_ids, x0, trajectories if return_trajectory else None, nfe, info
         )
 
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
-def check_model_folder(folder: Path) -> None:
-    """Refuse a folder that is not a complete textdiff model, with the reason in one line."""
+def check_model_folder(folder: Path) -> str:
+    """Refuse a folder that is not a complete textdiff model, with the reason in one line;
+    return its ``model_type``."""
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {str(folder)!r} does not exist")
     missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
@@ -205,3 +220,12 @@ def check_model_folder(folder: Path) -> None:
         )
         hint = f" (found {pickles}; textdiff never loads pickled weights)" if pickles else ""
         raise ModelFolderError(f"{folder} is not a textdiff model: missing {missing}{hint}")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{folder}/config.json is not valid JSON ({e})") from None
+    for key in ("model_type", "process", "sample"):
+        if key not in config:
+            raise ModelFolderError(f"{folder}/config.json has no {key!r}: not a textdiff model")
+    model_class(config["model_type"])  # a known kind, else ValueError naming the known ones
+    return config["model_type"]

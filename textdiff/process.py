@@ -95,6 +95,8 @@ class ForwardProcess(ABC):
     """A noise process over sentences of token ids, with its loss, bound and sampler."""
 
     name: str = ""
+    eval_times: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    """Noise levels at which evaluation reports the accuracy of the denoiser's tokens."""
 
     @abstractmethod
     def loss(

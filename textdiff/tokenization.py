@@ -108,7 +108,10 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
             "save_pretrained, or set data.tokenizer: null to train one from the data"
         )
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        if os.path.isfile(os.path.join(path, "tokenizer.json")):  # ours: no config lookup
+            tok = PreTrainedTokenizerFast.from_pretrained(path)
+        else:
+            tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if os.path.isdir(path):

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -29,15 +30,12 @@ from torch import Tensor
 
 from .checkpoint import CheckpointManager, RunFolderError, prepare_run_folder
 from .config import ExperimentConfig
-from .data import build_tokenizer, load_text_splits, tokenize_split
-from .modeling import TextDiffusionConfig, TextDiffusionModel
+from .data import build_tokenizer, iter_texts, load_text_splits, tokenize_split
+from .modeling import make_config, model_class
 from .pipeline import TextDiffusionPipeline, bf16_supported, build_process
-from .rounding import Rounder
-from .tokenization import decode, load_tokenizer
+from .tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
-
-ACC_TIMES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 class TrainingError(RuntimeError):
@@ -55,12 +53,14 @@ class TrainResult:
 
 
 class _Denoiser:
-    """The :class:`textdiff.process.Denoiser` view of a prepared (possibly DDP-wrapped) model:
-    the forward pass goes through the wrapper, the word table and read-out through the module."""
+    """The view of a prepared (possibly DDP-wrapped) model that the math is given: calls go
+    through the wrapper (so gradients are synchronised), the word table and read-out are
+    reached on the module itself."""
 
-    def __init__(self, prepared, module: TextDiffusionModel):
+    def __init__(self, prepared, module):
         self.prepared, self.module = prepared, module
-        self.embed_dim, self.device = module.embed_dim, module.device
+        self.embed_dim = getattr(module, "embed_dim", None)
+        self.device = module.device
 
     def embed(self, ids: Tensor) -> Tensor:
         return self.module.embed(ids)
@@ -68,8 +68,8 @@ class _Denoiser:
     def logits(self, x: Tensor) -> Tensor:
         return self.module.logits(x)
 
-    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return self.prepared(x_t, t)
+    def __call__(self, *args, **kwargs):
+        return self.prepared(*args, **kwargs)
 
 
 def lr_lambda(cfg) -> callable:
@@ -119,18 +119,22 @@ def _batches(split, cfg, epoch: int, start: int, rank: int, world: int):
 
 
 @torch.no_grad()
-def evaluate_batches(process, model, batches: list[Tensor], *, seed: int, rounder=None) -> dict:
-    """Mean loss terms and accuracy of the denoiser's token prediction at ``ACC_TIMES``, on
-    fixed batches with fixed noise, so evaluations at different steps compare."""
+def evaluate_batches(
+    process, model, batches: list[Tensor], *, seed: int, pad_id: int, rounder=None
+) -> dict:
+    """Mean loss terms and accuracy of the denoiser's token prediction at the process's
+    ``eval_times`` over the real tokens (not padding), on fixed batches with fixed noise, so
+    evaluations at different steps compare."""
     gen = torch.Generator().manual_seed(seed)
     sums: dict[str, float] = {}
     for batch in batches:
         for k, v in process.loss(model, batch, generator=gen).floats().items():
             sums[k] = sums.get(k, 0.0) + v / len(batches)
-    for t in ACC_TIMES:
+    for t in process.eval_times:
         hits = total = 0
         for batch in batches:
             pred, where = process.predict_ids(model, batch, t, rounder=rounder, generator=gen)
+            where = where & (batch != pad_id)
             hits += ((pred == batch) & where).sum().item()
             total += where.sum().item()
         sums[f"acc_t{t:g}"] = hits / max(total, 1)
@@ -170,7 +174,9 @@ def train(
     if resume and (tok_dir / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(str(tok_dir))
     else:
-        tokenizer = build_tokenizer(cfg.data, splits["train"]["text"])
+        tokenizer = build_tokenizer(
+            cfg.data, iter_texts(splits["train"], 1_000_000 if cfg.data.streaming else None)
+        )
         if main:
             tokenizer.save_pretrained(tok_dir)
     accelerator.wait_for_everyone()
@@ -181,9 +187,8 @@ def train(
         tokenize_split(splits[val_name], tokenizer, L, cfg.data.packing) if val_name else None
     )
 
-    net_cfg = cfg.network_config(len(tokenizer))
-    hf_cfg = TextDiffusionConfig.from_parts(
-        net_cfg,
+    hf_cfg = make_config(
+        cfg.network_config(len(tokenizer)),
         cfg.process,
         cfg.sample,
         pad_token_id=tokenizer.pad_token_id,
@@ -191,10 +196,12 @@ def train(
         mask_token_id=tokenizer.mask_token_id,
     )
     torch.manual_seed(tc.seed)
-    model = TextDiffusionModel(hf_cfg)
+    cls = model_class(hf_cfg.model_type)
+    model = cls(hf_cfg)
     process = build_process(hf_cfg)
-    ema = TextDiffusionModel(hf_cfg).eval() if tc.ema_decay > 0 else None
-    if ema is not None:
+    ema = None
+    if tc.ema_decay > 0:
+        ema = cls(hf_cfg).eval()
         ema.load_state_dict(model.state_dict())
         ema.requires_grad_(False)
     opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.98))
@@ -233,15 +240,18 @@ def train(
 
     def run_eval(step: int) -> dict:
         evaluated = ema if ema is not None else module
-        evaluated.eval()
-        rounder = Rounder(evaluated.word_embedding.weight)
-        record = (
-            evaluate_batches(process, evaluated, eval_batches, seed=tc.seed, rounder=rounder)
-            if eval_batches
-            else {}
-        )
+        pipe = TextDiffusionPipeline(evaluated, tokenizer, precision=tc.precision)
+        record = {}
+        if eval_batches:
+            record = evaluate_batches(
+                process,
+                evaluated,
+                eval_batches,
+                seed=tc.seed,
+                pad_id=tokenizer.pad_token_id,
+                rounder=pipe.rounder,
+            )
         if tc.eval_samples:
-            pipe = TextDiffusionPipeline(evaluated, tokenizer, precision=tc.precision)
             record["samples"] = pipe.generate(
                 tc.eval_samples, seed=tc.seed, num_steps=min(cfg.sample.steps, 100)
             )
@@ -318,6 +328,8 @@ def train(
             ckpt.save(accelerator, ema, state, noise_gen.get_state())
     if bar is not None:
         bar.close()
+    if not last_eval:  # resumed a finished run: evaluate once more for the report
+        last_eval = run_eval(state["step"])
     seconds = time.perf_counter() - t0
     with torch.no_grad():  # every rank must hold the same weights
         checksum = torch.stack([p.double().sum() for p in module.parameters()]).sum()
@@ -335,6 +347,7 @@ def train(
     if main:
         final = ema if ema is not None else module
         TextDiffusionPipeline(final, tokenizer).save_pretrained(model_dir)
+        shutil.copyfile(out / "experiment.yaml", model_dir / "experiment.yaml")  # its data
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(
@@ -345,6 +358,3 @@ def train(
         (state["tokens"] - tokens0) / max(seconds, 1e-9),
         last_eval,
     )
-
-
-__all__ = ["train", "TrainResult", "TrainingError", "decode"]

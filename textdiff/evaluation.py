@@ -1,0 +1,240 @@
+"""``evaluate_model``: the NLL bound / perplexity, rounding accuracy and sample quality of a
+trained model folder, as one JSON-ready report (also ``textdiff evaluate``).
+
+Perplexity is ``exp(Σ NLL bound / Σ tokens)`` where tokens are the real tokens plus ``[EOS]``;
+padding is modelled (it encodes the length) but not counted (DESIGN.md §2), so the figure compares
+with the autoregressive baseline's perplexity on the same tokens. Sentences longer than the model
+do not fit and are left out (and counted).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .config import ExperimentConfig, load_config
+from .data import iter_texts, load_text_splits, tokenize_split
+from .metrics import distinct_n, self_bleu
+from .pipeline import TextDiffusionPipeline, autocast
+from .tokenization import encode
+
+logger = logging.getLogger(__name__)
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+def _fitting(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Rows whose [EOS] survived encoding, i.e. sentences that were not truncated."""
+    return (ids == eos_id).any(1)
+
+
+@torch.inference_mode()
+def nll_bound(
+    pipe: TextDiffusionPipeline,
+    ids: torch.Tensor,
+    *,
+    num_t: int = 8,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """The per-token NLL bound over ``ids`` (N, L): value, Monte-Carlo standard error, each term,
+    perplexity. Token count: everything that is not [PAD]."""
+    gen = torch.Generator().manual_seed(seed)
+    pad = pipe.tokenizer.pad_token_id
+    totals: dict[str, float] = {}
+    nll = var = 0.0
+    tokens = int((ids != pad).sum())
+    device = pipe.model.device
+    with _progress(progress, len(ids), "bound") as bar:
+        for lo in range(0, len(ids), batch_size):
+            batch = ids[lo : lo + batch_size].to(device)
+            with autocast(device, pipe.precision):
+                b = pipe.process.nll_bound(pipe.model, batch, num_t=num_t, generator=gen)
+            nll += float(b.total.sum())
+            var += float(b.variance.sum()) if b.variance is not None else 0.0
+            for k, v in b.terms.items():
+                totals[k] = totals.get(k, 0.0) + float(v.sum())
+            bar.update(len(batch))
+    per_token = nll / tokens
+    return {
+        "nll_per_token": per_token,
+        "perplexity_bound": math.exp(per_token),
+        "stderr_nll_per_token": math.sqrt(var) / tokens,
+        "terms_per_token": {k: v / tokens for k, v in totals.items()},
+        "num_t": num_t,
+        "sentences": len(ids),
+        "tokens": tokens,
+        "estimator": "stratified time samples per sentence; exact for the autoregressive model",
+    }
+
+
+@torch.inference_mode()
+def accuracy_by_t(
+    pipe: TextDiffusionPipeline, ids: torch.Tensor, *, seed: int = 0, batch_size: int = 64
+) -> dict[str, float]:
+    """Accuracy of the denoiser's tokens at each of the process's noise levels (real tokens)."""
+    gen = torch.Generator().manual_seed(seed)
+    pad, rounder, device = pipe.tokenizer.pad_token_id, pipe.rounder, pipe.model.device
+    out = {}
+    for t in pipe.process.eval_times:
+        hits = total = 0
+        for lo in range(0, len(ids), batch_size):
+            batch = ids[lo : lo + batch_size].to(device)
+            with autocast(device, pipe.precision):
+                pred, where = pipe.process.predict_ids(
+                    pipe.model, batch, t, rounder=rounder, generator=gen
+                )
+            where = where & (batch != pad)
+            hits += int(((pred == batch) & where).sum())
+            total += int(where.sum())
+        out[f"{t:g}"] = hits / max(total, 1)
+    return out
+
+
+@torch.inference_mode()
+def rounding_report(pipe: TextDiffusionPipeline, samples) -> dict:
+    """Round-trip of every word row; for generated samples, the margin between nearest and
+    second-nearest row and the agreement of FAISS rounding with the read-out argmax."""
+    rounder = pipe.rounder
+    if rounder is None or samples.x0 is None:
+        return {}
+    table = rounder.weight
+    roundtrip = float((rounder.round(table) == torch.arange(len(table))).float().mean())
+    x0 = samples.x0.float()
+    real = samples.ids != pipe.tokenizer.pad_token_id
+    margins = rounder.margin(x0)[real.cpu()]
+    readout = pipe.model.logits(x0.to(pipe.model.device)).argmax(-1).cpu()
+    agree = (readout == samples.ids.cpu())[real.cpu()].float().mean()
+    return {
+        "roundtrip_accuracy": roundtrip,
+        "sample_margin_mean": float(margins.mean()),
+        "sample_margin_p05": float(margins.quantile(0.05)),
+        "sample_margin_min": float(margins.min()),
+        "faiss_vs_readout_agreement": float(agree),
+    }
+
+
+@torch.inference_mode()
+def perplexity_of_texts(
+    reference: TextDiffusionPipeline, texts: list[str], *, batch_size: int = 64
+) -> float:
+    """The reference (autoregressive) model's perplexity on ``texts``, re-encoded with its own
+    tokenizer; the protocol of Diffusion-LM's "lm-score"."""
+    ids, _ = encode(reference.tokenizer, texts, reference.seq_len)
+    out = nll_bound(reference, ids, num_t=1, batch_size=batch_size)
+    return out["perplexity_bound"]
+
+
+def _experiment(model_dir: Path, data_config: str | None) -> ExperimentConfig:
+    if data_config is not None:
+        return load_config(data_config)
+    saved = model_dir / "experiment.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(
+            f"{model_dir} has no experiment.yaml naming its data; pass --config with a YAML "
+            f"whose data: section points at the evaluation files"
+        )
+    return load_config(saved)
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    *,
+    split: str = "test",
+    data_config: str | None = None,
+    max_sentences: int | None = None,
+    num_t: int = 8,
+    num_samples: int = 256,
+    steps: int | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+    reference_model: str | Path | None = None,
+    acc_sentences: int = 1024,
+    progress: bool = True,
+) -> dict:
+    """Everything ``textdiff evaluate`` reports, as a dict (see the module docstring)."""
+    model_dir = Path(model_dir)
+    pipe = TextDiffusionPipeline.from_pretrained(model_dir)
+    cfg = _experiment(model_dir, data_config)
+    splits = load_text_splits(cfg.data)
+    if split not in splits:
+        raise ValueError(f"the data has no split {split!r}; it has {sorted(splits)}")
+    data = tokenize_split(splits[split], pipe.tokenizer, pipe.seq_len, "pad", name=split)
+    fits = _fitting(data.ids, pipe.tokenizer.eos_token_id)
+    ids = data.ids[fits]
+    if max_sentences is not None:
+        ids = ids[:max_sentences]
+    noise = pipe.model.config.process["noise"]
+    report: dict = {
+        "model": str(model_dir),
+        "noise": noise,
+        "split": split,
+        "left_out_too_long": int((~fits).sum()),
+    }
+    report["bound"] = nll_bound(pipe, ids, num_t=num_t, seed=seed, progress=progress)
+    report["acc_by_t"] = accuracy_by_t(pipe, ids[:acc_sentences], seed=seed)
+
+    t0 = time.perf_counter()
+    gen = pipe.generate(
+        num_samples, num_steps=steps, sampler=sampler, seed=seed, return_ids=True, progress=progress
+    )
+    seconds = time.perf_counter() - t0
+    real_texts = list(iter_texts(splits[split], max(num_samples, 2)))
+    quality = {
+        "count": num_samples,
+        "steps": steps or pipe.model.config.sample["steps"],
+        "sampler": sampler or pipe.model.config.sample["sampler"],
+        "seconds": seconds,
+        "seconds_per_64": seconds * 64 / num_samples,
+        "network_calls": gen.nfe,
+        "distinct_1": distinct_n(gen.texts, 1),
+        "distinct_2": distinct_n(gen.texts, 2),
+        "real_distinct_1": distinct_n(real_texts, 1),
+        "real_distinct_2": distinct_n(real_texts, 2),
+        "examples": gen.texts[:10],
+    }
+    if num_samples >= 2:
+        quality["self_bleu"] = self_bleu(gen.texts)
+        quality["real_self_bleu"] = self_bleu(real_texts)
+    if reference_model is not None:
+        reference = TextDiffusionPipeline.from_pretrained(reference_model)
+        quality["generative_perplexity"] = perplexity_of_texts(reference, gen.texts)
+        quality["reference_perplexity_on_real"] = perplexity_of_texts(reference, real_texts)
+    report["samples"] = quality
+    report["rounding"] = rounding_report(pipe, gen)
+    report["summary"] = _summary(report)
+    return report
+
+
+def _summary(report: dict) -> dict:
+    b, s = report["bound"], report["samples"]
+    out = {
+        "perplexity_bound": round(b["perplexity_bound"], 3),
+        "nll_per_token": f"{b['nll_per_token']:.4f} ± {b['stderr_nll_per_token']:.4f}",
+        "sentences / tokens": f"{b['sentences']} / {b['tokens']}",
+    }
+    out.update({f"term {k}": round(v, 4) for k, v in b["terms_per_token"].items()})
+    out.update({f"acc t={k}": round(v, 4) for k, v in report["acc_by_t"].items()})
+    for key in ("roundtrip_accuracy", "sample_margin_mean", "faiss_vs_readout_agreement"):
+        if key in report["rounding"]:
+            out[key] = round(report["rounding"][key], 4)
+    for key in (
+        "seconds_per_64",
+        "distinct_2",
+        "real_distinct_2",
+        "self_bleu",
+        "generative_perplexity",
+        "reference_perplexity_on_real",
+    ):
+        if key in s:
+            out[f"samples {key}"] = round(s[key], 4)
+    return out
