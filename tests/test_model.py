@@ -101,3 +101,22 @@ def test_tiny_model_overfits_and_generates_its_sentences():
     )
     matches = [any(torch.equal(row, s) for s in sentences) for row in out.ids]
     assert sum(matches) >= 14, out.ids
+
+
+def test_self_conditioning_reads_the_previous_estimate():
+    model = tiny_model(self_conditioning=True).eval()
+    assert model.in_proj.in_features == 8 + 8 + 8  # [h_t ; x̂_0' ; e]
+    GaussianProcess("sqrt").loss(model.train(), torch.randint(0, 30, (4, 8))).loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    seen, returned = [], []
+
+    def hook(module, args, kwargs, output):
+        seen.append(kwargs.get("x0_prev"))
+        returned.append(output.detach())
+
+    model.eval().register_forward_hook(hook, with_kwargs=True)
+    p = GaussianProcess("sqrt")
+    p.sample(model, (2, 8), steps=4, sampler="ddim", generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 4 and torch.all(seen[0] == 0)  # the first step reads zeros ...
+    for prev, out in zip(seen[1:], returned[:-1], strict=True):
+        assert torch.equal(prev, out)  # ... every later step the x̂_0 of the step before

@@ -35,6 +35,8 @@ class ModelConfig:
     # head D→d (clean embedding, Gaussian noise) or D→V (token logits, mask noise); auto: by noise
     output: Literal["auto", "embedding", "logits"] = "auto"
     readout_scale: float = 1.0  # tied read-out logits = readout_scale · x · Eᵀ
+    # the denoiser also reads its own previous x̂_0 (Chen et al., 2022): H_t = [h_t ; x̂_0' ; e]
+    self_conditioning: bool = False
 
     def check(self) -> None:
         _positive(

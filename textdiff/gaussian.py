@@ -142,6 +142,18 @@ class GaussianProcess(ForwardProcess):
         """The network's output read as ``x̂_0``, whatever it was trained to predict."""
         return output if self.prediction == "x0" else self.x0_from_eps(x_t, output, t)
 
+    def denoise(
+        self, model: Denoiser, x_t: Tensor, t: Tensor, x0_prev: Tensor | None = None
+    ) -> Tensor:
+        """``x̂_0`` at times ``t`` (B,). A self-conditioned model is given ``x0_prev``, or, when
+        that is None, first its own estimate from zeros (two network calls)."""
+        t_net = t.float().to(x_t.device)
+        x0_hat = self.predict_x0(model(x_t, t_net).float(), x_t, t) if x0_prev is None else None
+        if getattr(model, "self_conditioning", False):
+            prev = x0_hat if x0_prev is None else x0_prev
+            x0_hat = self.predict_x0(model(x_t, t_net, x0_prev=prev).float(), x_t, t)
+        return x0_hat
+
     def vlb_weight(self, t: Tensor | float, s: Tensor | float) -> Tensor:
         """KL of one step ``t → s`` per unit of ``‖x0 − x̂_0‖²``: ``½ (SNR(s) − SNR(t))``.
 
@@ -177,7 +189,14 @@ class GaussianProcess(ForwardProcess):
         if t is None:
             t = stratified_times(ids.shape[0], generator=generator)
         x_t, eps = self.q_sample(x0, t, generator=generator)
-        out = model(x_t, t.float().to(x0.device)).float()  # (B, L, d)
+        t_net = t.float().to(x0.device)
+        if getattr(model, "self_conditioning", False):  # half the batch sees its own x̂_0
+            with torch.no_grad():
+                x0_prev = self.predict_x0(model(x_t, t_net).float(), x_t, t)
+            keep = torch.rand(ids.shape[0], generator=generator) < 0.5
+            out = model(x_t, t_net, x0_prev=x0_prev * _bcast(keep.double(), x0_prev)).float()
+        else:
+            out = model(x_t, t_net).float()  # (B, L, d)
         if self.prediction == "x0":
             mse = (out - x0).pow(2).mean()
         elif self.eps_weighting == "simple":
@@ -203,8 +222,7 @@ class GaussianProcess(ForwardProcess):
         """
         x0 = model.embed(ids)
         x_t, _ = self.q_sample(x0, t, generator=generator)
-        tt = torch.full((ids.shape[0],), float(t), device=ids.device)
-        x0_hat = self.predict_x0(model(x_t, tt).float(), x_t, t)
+        x0_hat = self.denoise(model, x_t, torch.full((ids.shape[0],), float(t)))
         return rounder.round(x0_hat), torch.ones_like(ids, dtype=torch.bool)
 
     # ---------------------------------------------------------------- NLL bound, §2
@@ -248,7 +266,7 @@ class GaussianProcess(ForwardProcess):
                 s_emb = self.vlb_weight(1.0 / T, 0.0)
             x_in = x0 if T is None else torch.cat([x0, x0])
             x_t, _ = self.q_sample(x_in, times, generator=generator)
-            x0_hat = self.predict_x0(model(x_t, times.float().to(device)).float(), x_t, times)
+            x0_hat = self.denoise(model, x_t, times)
             err = (x0_hat - x_in).double().pow(2).flatten(1).sum(1)  # (B,) or (2B,)
             reps["diffusion"].append(weight.to(device) * err[:B])
             reps["embedding"].append(

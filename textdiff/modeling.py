@@ -111,7 +111,9 @@ class TextDiffusionModel(PreTrainedModel):
         self.embed_dim, self.pos_dim, self.seq_len = cfg.embed_dim, cfg.pos_dim, cfg.seq_len
         self.readout_scale = cfg.readout_scale
         self.word_embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
-        self.in_proj = nn.Linear(cfg.embed_dim + cfg.pos_dim, D)
+        self.self_conditioning = cfg.self_conditioning
+        in_dim = cfg.embed_dim * (2 if cfg.self_conditioning else 1) + cfg.pos_dim
+        self.in_proj = nn.Linear(in_dim, D)
         self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
@@ -149,17 +151,28 @@ class TextDiffusionModel(PreTrainedModel):
         """Tied read-out ``s · x · Eᵀ``: (..., d) -> (..., V)."""
         return self.readout_scale * (x @ self.word_embedding.weight.to(x.dtype).T)
 
-    def forward(self, x_t: Tensor, t: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        x0_prev: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
         """Predict from the noised word part ``x_t`` (B, L, d) at times ``t`` (B,) in [0, 1].
 
-        ``attention_mask`` (B, L), optional, hides positions whose value is False from all
-        others. Returns (B, L, d) or (B, L, V) per ``config.output``.
+        ``x0_prev`` (B, L, d) is the previous clean-embedding estimate for a self-conditioned
+        model (zeros when absent; ignored otherwise). ``attention_mask`` (B, L), optional, hides
+        positions whose value is False from all others. Returns (B, L, d) or (B, L, V) per
+        ``config.output``.
         """
         B, L, _ = x_t.shape
         if L > self.seq_len:
             raise ValueError(f"sequence length {L} exceeds the model's seq_len {self.seq_len}")
         e = self.positions(L, x_t.device, x_t.dtype).expand(B, L, self.pos_dim)
-        h = self.in_proj(torch.cat([x_t, e], dim=-1))  # (B, L, D): H_t = [h_t ; e]
+        parts = [x_t]
+        if self.self_conditioning:
+            parts.append(torch.zeros_like(x_t) if x0_prev is None else x0_prev.to(x_t.dtype))
+        h = self.in_proj(torch.cat([*parts, e], dim=-1))  # (B, L, D): H_t = [h_t ; e]
         temb = sinusoidal(t.reshape(B) * 1000.0, h.shape[-1]).to(h.dtype)
         h = self.drop(h + self.time_mlp(temb)[:, None, :])
         bias = None
@@ -176,7 +189,8 @@ class TextDiffusionModel(PreTrainedModel):
         D, L = cfg.hidden_size, cfg.seq_len
         per_layer = 2 * (4 * D * D + 2 * D * int(cfg.mlp_ratio * D)) + 4 * L * D
         out_dim = cfg.embed_dim if cfg.output == "embedding" else cfg.vocab_size
-        fwd = cfg.num_layers * per_layer + 2 * (cfg.embed_dim + cfg.pos_dim) * D + 2 * D * out_dim
+        in_dim = cfg.embed_dim * (2 if cfg.self_conditioning else 1) + cfg.pos_dim
+        fwd = cfg.num_layers * per_layer + 2 * in_dim * D + 2 * D * out_dim
         return fwd * (3 if training else 1)
 
 

@@ -106,13 +106,20 @@ def gaussian_sample(
     device = model.device
     nfe = 0
 
+    self_conditioned = getattr(model, "self_conditioning", False)
+    prev: Tensor | None = (
+        torch.zeros(B, L, model.embed_dim, device=device) if (self_conditioned) else None
+    )
+
     def denoise(x: Tensor, t: Tensor) -> Tensor:
-        nonlocal nfe
+        nonlocal nfe, prev
         nfe += 1
         if constrain is not None:
             x = constrain(x, t)
-        x0_hat = process.predict_x0(model(x, t.float().expand(B).to(device)).float(), x, t)
-        return rounder.clamp(x0_hat) if clamp else x0_hat
+        x0_hat = process.denoise(model, x, t.expand(B), x0_prev=prev)
+        x0_hat = rounder.clamp(x0_hat) if clamp else x0_hat
+        prev = x0_hat if self_conditioned else None  # the next step reads this estimate
+        return x0_hat
 
     step = partial(ddim_step, eta=eta) if sampler == "ddim" else GAUSSIAN_SAMPLERS[sampler]
     x = torch.randn(B, L, model.embed_dim, generator=generator).to(device)
