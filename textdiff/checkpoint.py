@@ -2,10 +2,19 @@
 
 A checkpoint is written aside (``checkpoints/.tmp-step-N``), sealed with a manifest of SHA-256
 sums, then renamed into place (``checkpoints/step-N``) — a rename is atomic, so a run killed at
-any moment leaves either the complete new checkpoint or none. Loading verifies the manifest and
-falls back to the previous checkpoint, with a one-line warning, if the newest is damaged.
-Everything is read without unpickling code: weights from safetensors, the trainer state from JSON,
-and accelerate's optimizer / scheduler / RNG files with ``weights_only=True``.
+any moment leaves either the complete new checkpoint or none; an unfinished ``.tmp-step-N`` is
+removed when the run resumes. Old checkpoints are pruned by renaming them aside first, so a kill
+while pruning never leaves a half-deleted ``step-N``. Loading verifies the manifest and falls back
+to the previous checkpoint, with a one-line warning, if the newest is damaged or unreadable.
+
+Everything is read without unpickling code: weights and random-generator states from
+safetensors, the trainer state from JSON, and accelerate's optimizer / scheduler / RNG files with
+``weights_only=True``. The torch RNG is restored from textdiff's own safetensors file, not only
+by accelerate (which ignores a failure to restore it).
+
+The tokenizer and the final model folder are written the same way (aside, then renamed), and
+``metrics.jsonl`` is cut back to a checkpoint's step when a run resumes from it
+(:func:`rewind_metrics`).
 """
 
 from __future__ import annotations
@@ -13,11 +22,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
+import re
 import shutil
+import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
+from safetensors import SafetensorError
 
 from .config import ExperimentConfig
 
@@ -25,7 +40,14 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 RUN_FILE = "experiment.yaml"
+# what textdiff writes in an output folder, with the names it writes aside before renaming
 RUN_ITEMS = (RUN_FILE, "tokenizer", "metrics.jsonl", "checkpoints", "model")
+LEFTOVERS = ("experiment.tmp", ".tokenizer.tmp", ".model.tmp", ".metrics.jsonl.tmp")
+_STEP = re.compile(r"step-(\d+)")
+# what a failed write raises: OSError (plain files), SafetensorError, RuntimeError (torch.save)
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+# what reading a damaged file raises (a weights_only refusal is a pickle.UnpicklingError)
+READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, SafetensorError)
 
 
 class RunFolderError(ValueError):
@@ -36,36 +58,39 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint, or one could not be written."""
 
 
+# ------------------------------------------------------------------------------- run folder
+
+
 def prepare_run_folder(out: Path, cfg: ExperimentConfig, *, resume: bool, overwrite: bool) -> None:
     """Make ``out`` ready for a run of ``cfg``; never deletes anything textdiff did not write.
 
     A folder that already holds a run is refused unless ``resume`` (the run's model, process and
     data settings must match ``cfg``) or ``overwrite`` (textdiff's files there are removed).
+    Files a killed run left aside (``LEFTOVERS``) are removed.
     """
+    if resume and overwrite:
+        raise RunFolderError("resume and overwrite exclude each other; pass only one of them")
     run_file = out / RUN_FILE
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"output {str(out)!r} is a file, not a folder")
     if run_file.is_file():
         if resume:
             _check_same_run(run_file, cfg)
+            _remove(*(out / name for name in LEFTOVERS))
             return
         if not overwrite:
             raise RunFolderError(
                 f"{out} already holds a training run; pass --resume to continue it or "
                 f"--overwrite to replace it"
             )
-        for name in RUN_ITEMS:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    elif out.is_dir() and any(out.iterdir()):
+        _remove(*(out / name for name in RUN_ITEMS + LEFTOVERS))
+    elif out.is_dir() and any(p.name not in LEFTOVERS for p in out.iterdir()):
         raise RunFolderError(
             f"{out} is not empty and holds no textdiff run; choose a new or empty output folder"
         )
+    _remove(*(out / name for name in LEFTOVERS))
     out.mkdir(parents=True, exist_ok=True)
-    tmp = run_file.with_suffix(".tmp")
+    tmp = out / "experiment.tmp"
     tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     tmp.replace(run_file)
 
@@ -90,12 +115,113 @@ def _check_same_run(run_file: Path, cfg: ExperimentConfig) -> None:
         )
 
 
+def _remove(*paths: Path) -> None:
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+def write_folder(folder: Path, write: Callable[[Path], None]) -> None:
+    """``write(aside)`` into a sibling ``.name.tmp`` folder, then rename it to ``folder``, so
+    ``folder`` is never half-written (a kill in between leaves no ``folder``, not a broken one)."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    _remove(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    _remove(folder)
+    tmp.rename(folder)
+
+
+def rewind_metrics(path: Path, step: int) -> list[dict]:
+    """Cut ``metrics.jsonl`` back to what a run had logged when it saved the checkpoint of
+    ``step``: the records of steps ≤ ``step`` except ``final`` ones (a run killed after the
+    checkpoint logged more, and a resumed run logs those steps again). A line cut short by a kill
+    ends the file. Returns the records kept."""
+    if not path.is_file():
+        return []
+    kept, lines = [], []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if record.get("step", 0) <= step and record.get("split") != "final":
+            kept.append(record)
+            lines.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    tmp.replace(path)
+    return kept
+
+
+# ------------------------------------------------------------------------------ signals
+
+
+class StopSignals:
+    """While the ``with`` block runs (in the main thread), the first SIGINT or SIGTERM only sets
+    :attr:`signum`, so the trainer can finish its step and save a checkpoint; a second SIGINT
+    stops at once. The previous handlers are restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        logger.warning(
+            "%s received: saving a checkpoint after this step (Ctrl-C again stops at once)",
+            signal.Signals(signum).name,
+        )
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def rng_states(noise_generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every random state a training step reads: the noise generator, torch's global CPU RNG
+    (dropout) and the CUDA RNGs."""
+    states = {"noise": noise_generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"cuda_{i}"] = s
+    return states
+
+
+def restore_rng_states(states: dict[str, torch.Tensor], noise_generator: torch.Generator) -> None:
+    """Undo :func:`rng_states`."""
+    noise_generator.set_state(states["noise"])
+    torch.set_rng_state(states["torch"])
+    cuda = [states[k] for k in sorted(states) if k.startswith("cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
 
 
 class CheckpointManager:
@@ -108,27 +234,39 @@ class CheckpointManager:
         """Sealed checkpoints, oldest first."""
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.glob("step-*") if p.is_dir()]
-        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+        found = [p for p in self.root.iterdir() if _STEP.fullmatch(p.name) and p.is_dir()]
+        return sorted(found, key=_step_of)
 
-    def save(self, accelerator, ema, state: dict, gen_state: torch.Tensor) -> Path:
-        """Write the checkpoint of ``state["step"]`` aside, seal it, rename it into place."""
+    def clean(self) -> None:
+        """Remove what a killed run left aside: unfinished saves and half-pruned checkpoints."""
+        if not self.root.is_dir():
+            return
+        for p in sorted(self.root.glob(".*-step-*")):
+            if p.name.startswith(".tmp-"):
+                logger.info("removing %s, a checkpoint whose save was interrupted", p.name)
+            _remove(p)
+
+    def save(self, accelerator, ema, state: dict, rng: dict[str, torch.Tensor]) -> Path:
+        """Write the checkpoint of ``state["step"]`` aside, seal it, rename it into place.
+
+        Raises:
+            CheckpointError: A file could not be written (e.g. the disk is full); the folder
+                written aside is removed and the previous checkpoints are left as they were.
+        """
         from safetensors.torch import save_file
 
         step = state["step"]
         final = self.root / f"step-{step:08d}"
         tmp = self.root / f".tmp-step-{step:08d}"
         rank = accelerator.process_index
-        if accelerator.is_main_process:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
         try:
+            if accelerator.is_main_process:
+                _remove(tmp)
+                tmp.mkdir(parents=True)
+            accelerator.wait_for_everyone()
             accelerator.save_state(str(tmp), safe_serialization=True)
-            (tmp / f"trainer_state_{rank}.json").write_text(
-                json.dumps({**state, "noise_generator": gen_state.tolist()}), encoding="utf-8"
-            )
+            (tmp / f"trainer_state_{rank}.json").write_text(json.dumps(state), encoding="utf-8")
+            save_file(rng, str(tmp / f"rng_state_{rank}.safetensors"))
             if accelerator.is_main_process and ema is not None:
                 save_file(
                     {k: v.contiguous() for k, v in ema.state_dict().items()},
@@ -138,18 +276,26 @@ class CheckpointManager:
             if accelerator.is_main_process:
                 sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
                 (tmp / MANIFEST).write_text(json.dumps(sums, indent=1), encoding="utf-8")
-                if final.exists():
-                    shutil.rmtree(final)
+                _remove(final)
                 tmp.rename(final)
-                for old in self.checkpoints()[: -self.keep]:
-                    shutil.rmtree(old, ignore_errors=True)
-        except OSError as e:
+                sealed = self.checkpoints()
+                # newer ones are what a resume skipped as unusable: a timeline now left behind
+                newer = [p for p in sealed if _step_of(p) > step]
+                older = [p for p in sealed if _step_of(p) <= step]
+                for old in newer + older[: -self.keep]:
+                    aside = old.with_name(f".old-{old.name}")
+                    old.rename(aside)
+                    _remove(aside)
+        except WRITE_ERRORS as e:
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
+            free = shutil.disk_usage(self.root if self.root.is_dir() else Path.cwd()).free
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise CheckpointError(
-                f"could not write the checkpoint of step {step} ({e.strerror or e}); "
-                f"the previous checkpoint in {self.root} is kept"
-            ) from None
+                f"could not write the checkpoint of step {step} ({reason.splitlines()[0]}; "
+                f"{free / 2**20:,.0f} MiB free there); the previous checkpoints in {self.root} "
+                "are kept; fix that (e.g. free disk space) and rerun with --resume"
+            ) from e
         accelerator.wait_for_everyone()
         return final
 
@@ -162,6 +308,8 @@ class CheckpointManager:
             sums = json.loads(manifest.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             return "unreadable manifest"
+        if not isinstance(sums, dict):
+            return "unreadable manifest"
         for name, digest in sums.items():
             f = path / name
             if not f.is_file():
@@ -170,22 +318,44 @@ class CheckpointManager:
                 return f"{name} is corrupt (checksum mismatch)"
         return None
 
-    def load_latest(self, accelerator, ema) -> tuple[dict, torch.Tensor] | None:
-        """Restore the newest intact checkpoint into the prepared objects; ``None`` if none."""
+    def load_latest(self, accelerator, ema) -> tuple[dict, dict[str, torch.Tensor]] | None:
+        """Restore the newest usable checkpoint into the prepared objects.
+
+        Returns:
+            ``(trainer state, random states)`` of this rank, or ``None`` if there is no
+            checkpoint.
+
+        Raises:
+            CheckpointError: There are checkpoints but none is usable.
+        """
         from safetensors.torch import load_file
 
+        problem = None
         for path in reversed(self.checkpoints()):
             problem = self.verify(path)
-            if problem is not None:
-                logger.warning("skipping checkpoint %s: %s", path.name, problem)
-                continue
-            accelerator.load_state(str(path))
-            if ema is not None:
-                ema.load_state_dict(load_file(str(path / "ema.safetensors")))
-            rank_file = path / f"trainer_state_{accelerator.process_index}.json"
-            saved = json.loads(rank_file.read_text(encoding="utf-8"))
-            gen_state = torch.tensor(saved.pop("noise_generator"), dtype=torch.uint8)
-            return saved, gen_state
-        if self.checkpoints():
-            raise CheckpointError(f"no intact checkpoint in {self.root}")
+            if problem is None:
+                try:
+                    accelerator.load_state(str(path))
+                    if ema is not None:
+                        ema.load_state_dict(load_file(str(path / "ema.safetensors")))
+                    rank = accelerator.process_index
+                    state_file = path / f"trainer_state_{rank}.json"
+                    saved = json.loads(state_file.read_text(encoding="utf-8"))
+                    rng_file = path / f"rng_state_{rank}.safetensors"
+                    if rng_file.is_file():
+                        return saved, load_file(str(rng_file))
+                    # a checkpoint from before rng_state files: accelerate restored torch's RNG
+                    noise = torch.tensor(saved.pop("noise_generator"), dtype=torch.uint8)
+                    return saved, {"noise": noise, "torch": torch.get_rng_state()}
+                except pickle.UnpicklingError:
+                    problem = "a file holds pickled objects that a weights-only load refuses"
+                except READ_ERRORS as e:
+                    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    problem = f"cannot be loaded: {reason[:200]}"
+            logger.warning("checkpoint %s is unusable (%s); trying an older one", path, problem)
+        if problem is not None:
+            raise CheckpointError(
+                f"no usable checkpoint in {self.root} (the oldest: {problem}); "
+                "start again with --overwrite"
+            )
         return None

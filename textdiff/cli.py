@@ -1,14 +1,17 @@
 """The ``textdiff`` command: ``train``, ``generate``, ``evaluate``.
 
-Every refusal is one line on stderr and exit code 2, never a traceback.
+Every refusal is one line on stderr and exit code 2, never a traceback. A training run stopped
+by Ctrl-C (or SIGTERM) saves a checkpoint first and exits with 128 + the signal number (130).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -57,6 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.last_eval:
         print("validation:")
         _print_metrics(result.last_eval)
+    if args.samples < 1:
+        return 0
     from .pipeline import TextDiffusionPipeline
 
     pipe = TextDiffusionPipeline.from_pretrained(result.model_dir)
@@ -69,6 +74,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline import TextDiffusionPipeline
 
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     pipe = TextDiffusionPipeline.from_pretrained(args.model_dir, precision=args.precision)
     texts = pipe.generate(
         args.num_samples,
@@ -81,10 +89,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         progress=not args.quiet,
     )
-    if args.out:
-        out = Path(args.out)
-        if out.exists() and not args.overwrite:
-            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if out is not None:
         out.write_text("\n".join(texts) + "\n", encoding="utf-8")
         print(f"wrote {len(texts)} sentences to {out}")
     else:
@@ -185,16 +190,35 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("httpx", "urllib3", "filelock", "datasets", "accelerate"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.quiet:
+        _quiet_libraries()
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # a TrainingInterrupted says where its checkpoint is
+        print(str(e) or "interrupted", file=sys.stderr)
+        return 128 + getattr(e, "signum", signal.SIGINT)
     except Exception as e:  # one line for the user's mistakes, a traceback for our bugs
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" while writing {e.filename}" if e.filename else ""
+            print(
+                f"error: no space left on the disk{where}; free some space and run the command "
+                "again (a training run goes on with --resume)",
+                file=sys.stderr,
+            )
+            return 2
         if isinstance(e, _user_errors() + (FileExistsError,)):
-            print(f"error: {e}", file=sys.stderr)
+            print("error: " + " ".join(str(e).split()), file=sys.stderr)
             return 2
         raise
+
+
+def _quiet_libraries() -> None:
+    """No progress bars from transformers / datasets (loading and saving weights, mapping)."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 if __name__ == "__main__":

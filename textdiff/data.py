@@ -22,7 +22,7 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from .config import DataConfig
+from .config import ConfigError, DataConfig
 from .tokenization import encode, load_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,12 @@ def load_text_splits(
     Raises:
         DataError: A data file is missing, empty or not UTF-8; the column is absent; a split is
             empty; an E2E line has no ``||``; a hub dataset cannot be reached.
+        ConfigError: ``cfg.max_train_samples`` is not positive.
     """
+    if cfg.max_train_samples is not None and cfg.max_train_samples < 1:
+        raise ConfigError(
+            f"data.max_train_samples must be positive or null, got {cfg.max_train_samples}"
+        )
     _check_files(cfg)
     try:
         raw = datasets.load_dataset(

@@ -93,13 +93,21 @@ class TextDiffusionPipeline:
     def from_pretrained(
         cls, folder: str | Path, *, device: str | torch.device = "cpu", precision: str = "auto"
     ) -> TextDiffusionPipeline:
-        """Load a model folder written by :meth:`save_pretrained` or by training."""
-        from .tokenization import load_tokenizer
+        """Load a model folder written by :meth:`save_pretrained` or by training.
+
+        Raises:
+            ModelFolderError: A file is missing or unreadable, or the files do not fit together
+                (weights vs ``config.json``, tokenizer vs vocabulary size).
+        """
+        from .tokenization import TokenizerError, load_tokenizer
 
         folder = Path(folder)
         model_type = check_model_folder(folder)
+        try:
+            tokenizer = load_tokenizer(str(folder))
+        except TokenizerError as e:
+            raise ModelFolderError(str(e)) from None
         model = model_class(model_type).from_pretrained(folder, use_safetensors=True).to(device)
-        tokenizer = load_tokenizer(str(folder))
         if len(tokenizer) != model.config.vocab_size:
             raise ModelFolderError(
                 f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "

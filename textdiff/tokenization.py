@@ -112,13 +112,17 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
             tok = PreTrainedTokenizerFast.from_pretrained(path)
         else:
             tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # `tokenizers` raises a plain Exception on a malformed file
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if isinstance(e, KeyError):
+            reason = f"no {reason} entry"
         if os.path.isdir(path):
             raise TokenizerError(
                 f"could not load tokenizer folder {name_or_path!r} ({reason}); it must hold the "
                 "files written by save_pretrained (tokenizer.json, tokenizer_config.json)"
             ) from None
+        if not isinstance(e, (OSError, ValueError)):
+            raise
         raise TokenizerError(
             f"could not load tokenizer {name_or_path!r} from the hub ({reason}); without network "
             "(offline mode) pass a local folder written by save_pretrained, or set "

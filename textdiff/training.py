@@ -11,8 +11,17 @@ Output folder::
     experiment.yaml      the resolved config (a resumed run must match it)
     tokenizer/           saved before the first step, so a resumed run reads the same one
     metrics.jsonl        one JSON object per log / evaluation
-    checkpoints/step-N/  accelerate state + EMA weights + trainer_state.json
+    checkpoints/step-N/  accelerate state + EMA weights + trainer_state_R.json + rng_state_R
     model/               the final model folder (EMA weights), for TextDiffusionPipeline
+
+Exact resume: a run killed at any moment (even by SIGKILL) and rerun with ``resume=True`` goes on
+from its newest usable checkpoint and, on CPU with the same config, ends bit-identical to a run
+never interrupted (weights, optimizer, scheduler, EMA, every RNG, the data position and the
+pending log sums are restored; evaluation does not move the training RNG). On resume
+``metrics.jsonl`` is cut back to the checkpoint's step — what was logged after it is logged
+again — so it reads as the uninterrupted run's, wall-clock ``tokens_per_s`` aside. SIGINT /
+SIGTERM save a checkpoint after the current step and raise :class:`TrainingInterrupted`; a
+non-finite loss raises :class:`TrainingError` naming the step, and no checkpoint follows it.
 """
 
 from __future__ import annotations
@@ -22,15 +31,24 @@ import json
 import logging
 import math
 import shutil
+import signal
 import time
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .checkpoint import CheckpointManager, RunFolderError, prepare_run_folder
+from .checkpoint import (
+    CheckpointManager,
+    StopSignals,
+    prepare_run_folder,
+    restore_rng_states,
+    rewind_metrics,
+    rng_states,
+    write_folder,
+)
 from .config import ExperimentConfig
-from .data import build_tokenizer, iter_texts, load_text_splits, tokenize_split
+from .data import DataError, build_tokenizer, iter_texts, load_text_splits, tokenize_split
 from .modeling import make_config, model_class
 from .pipeline import TextDiffusionPipeline, bf16_supported, build_process
 from .tokenization import load_tokenizer
@@ -40,6 +58,14 @@ logger = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM stopped training after the checkpoint of ``step`` was saved."""
+
+    def __init__(self, step: int, checkpoint: Path, signum: int = signal.SIGINT):
+        super().__init__(f"interrupted at step {step}; checkpoint saved, resume with --resume")
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
 
 @dataclasses.dataclass
@@ -60,6 +86,7 @@ class _Denoiser:
     def __init__(self, prepared, module):
         self.prepared, self.module = prepared, module
         self.embed_dim = getattr(module, "embed_dim", None)
+        self.self_conditioning = getattr(module, "self_conditioning", False)
         self.device = module.device
 
     def embed(self, ids: Tensor) -> Tensor:
@@ -162,14 +189,16 @@ def train(
         gradient_accumulation_steps=tc.grad_accum,
     )
     main = accelerator.is_main_process
+    splits = load_text_splits(cfg.data)  # bad data is refused before the output folder is touched
+    if "train" not in splits:
+        raise DataError(
+            f"the data has no 'train' split (found {sorted(splits)}); name one in data.data_files"
+        )
     if main:
         prepare_run_folder(out, cfg, resume=resume, overwrite=overwrite)
     accelerator.wait_for_everyone()
     set_seed(tc.seed + accelerator.process_index)
 
-    splits = load_text_splits(cfg.data)
-    if "train" not in splits:
-        raise RunFolderError(f"the data has no 'train' split (found {sorted(splits)})")
     tok_dir = out / "tokenizer"
     if resume and (tok_dir / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(str(tok_dir))
@@ -178,13 +207,15 @@ def train(
             cfg.data, iter_texts(splits["train"], 1_000_000 if cfg.data.streaming else None)
         )
         if main:
-            tokenizer.save_pretrained(tok_dir)
+            write_folder(tok_dir, tokenizer.save_pretrained)
     accelerator.wait_for_everyone()
     L = cfg.model.seq_len
-    train_split = tokenize_split(splits["train"], tokenizer, L, cfg.data.packing)
+    train_split = tokenize_split(splits["train"], tokenizer, L, cfg.data.packing, name="train")
     val_name = next((s for s in ("validation", "valid", "test") if s in splits), None)
     val_split = (
-        tokenize_split(splits[val_name], tokenizer, L, cfg.data.packing) if val_name else None
+        tokenize_split(splits[val_name], tokenizer, L, cfg.data.packing, name=val_name)
+        if val_name
+        else None
     )
 
     hf_cfg = make_config(
@@ -212,13 +243,18 @@ def train(
     denoiser = _Denoiser(prepared, module)
 
     ckpt = CheckpointManager(out / "checkpoints", keep=tc.keep_checkpoints)
+    if main:
+        ckpt.clean()
+    accelerator.wait_for_everyone()
     noise_gen = torch.Generator().manual_seed(tc.seed * 1000 + accelerator.process_index)
     state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0}
+    running: dict[str, float] = {}  # loss terms summed since the last log line
     if resume:
         restored = ckpt.load_latest(accelerator, ema)
         if restored is not None:
-            state, gen_state = restored
-            noise_gen.set_state(gen_state)
+            state, rng = restored
+            running = state.pop("running", {})
+            restore_rng_states(rng, noise_gen)
             logger.info("resumed from step %d", state["step"])
 
     eval_batches = []
@@ -232,13 +268,15 @@ def train(
             )
         ]
     metrics_path = out / "metrics.jsonl"
+    history = rewind_metrics(metrics_path, state["step"]) if resume and main else []
 
     def log(record: dict) -> None:
         if main:
             with metrics_path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def run_eval(step: int) -> dict:
+    @torch.random.fork_rng(devices=[accelerator.device] if torch.cuda.is_available() else [])
+    def run_eval(step: int) -> dict:  # on its own seeds: the training RNG does not move
         evaluated = ema if ema is not None else module
         pipe = TextDiffusionPipeline(evaluated, tokenizer, precision=tc.precision)
         record = {}
@@ -252,9 +290,8 @@ def train(
                 rounder=pipe.rounder,
             )
         if tc.eval_samples:
-            record["samples"] = pipe.generate(
-                tc.eval_samples, seed=tc.seed, num_steps=min(cfg.sample.steps, 100)
-            )
+            steps = min(cfg.sample.steps, 100, pipe.max_steps or 100)
+            record["samples"] = pipe.generate(tc.eval_samples, seed=tc.seed, num_steps=steps)
         module.train()
         log({"step": step, "split": "valid", **record})
         return record
@@ -275,60 +312,75 @@ def train(
         bar = tqdm(total=tc.max_steps, initial=state["step"], desc="training", unit="step")
     module.train()
     last_eval: dict = {}
+    if history and history[-1]["split"] == "valid" and history[-1]["step"] == state["step"]:
+        last_eval = {k: v for k, v in history[-1].items() if k not in ("step", "split")}
     t0, tokens0 = time.perf_counter(), state["tokens"]
-    running: dict[str, float] = {}
-    while state["step"] < tc.max_steps:
-        for _ in range(tc.grad_accum):
-            epoch, index, batch = next(stream)
-            with accelerator.accumulate(prepared), accelerator.autocast():
-                terms = process.loss(denoiser, batch.to(accelerator.device), generator=noise_gen)
-                accelerator.backward(terms.loss)
-                if accelerator.sync_gradients and tc.clip_grad > 0:
-                    accelerator.clip_grad_norm_(prepared.parameters(), tc.clip_grad)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-            for k, v in terms.floats().items():
-                running[k] = running.get(k, 0.0) + v / tc.grad_accum
-        state.update(
-            step=state["step"] + 1,
-            epoch=epoch,
-            batch=index + 1,
-            tokens=state["tokens"] + world_batch * L * tc.grad_accum,
-        )
-        if not math.isfinite(running["loss"]):
-            raise TrainingError(
-                f"the loss became {running['loss']} at step {state['step']}; the last good "
-                f"checkpoint is kept in {ckpt.root} (try a lower train.lr)"
+    with StopSignals() as stop:
+        while state["step"] < tc.max_steps:
+            step_loss = 0.0
+            for _ in range(tc.grad_accum):
+                epoch, index, batch = next(stream)
+                with accelerator.accumulate(prepared), accelerator.autocast():
+                    terms = process.loss(
+                        denoiser, batch.to(accelerator.device), generator=noise_gen
+                    )
+                    accelerator.backward(terms.loss)
+                    if accelerator.sync_gradients and tc.clip_grad > 0:
+                        accelerator.clip_grad_norm_(prepared.parameters(), tc.clip_grad)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                values = terms.floats()
+                for k, v in values.items():
+                    running[k] = running.get(k, 0.0) + v / tc.grad_accum
+                step_loss += values["loss"] / tc.grad_accum
+            state.update(
+                step=state["step"] + 1,
+                epoch=epoch,
+                batch=index + 1,
+                tokens=state["tokens"] + world_batch * L * tc.grad_accum,
             )
-        if ema is not None:
-            decay = min(tc.ema_decay, (1 + state["step"]) / (10 + state["step"]))
-            with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(module.parameters()), 1 - decay)
-        step = state["step"]
-        if bar is not None:
-            bar.update(1)
-        if step % tc.log_every == 0 or step == tc.max_steps:
-            n = tc.log_every if step % tc.log_every == 0 else step % tc.log_every
-            elapsed = time.perf_counter() - t0
-            record = {k: v / n for k, v in running.items()}
-            record.update(
-                step=step,
-                split="train",
-                lr=sched.get_last_lr()[0],
-                tokens_per_s=(state["tokens"] - tokens0) / max(elapsed, 1e-9),
-            )
-            log(record)
+            step = state["step"]
+            interrupted, diverged = _agree(accelerator, stop.signum is not None, step_loss)
+            if diverged:
+                _diverged(f"the loss became {step_loss} at step {step}", ckpt)
+            if ema is not None:
+                decay = min(tc.ema_decay, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    torch._foreach_lerp_(
+                        list(ema.parameters()), list(module.parameters()), 1 - decay
+                    )
             if bar is not None:
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-            running = {}
-        if step % tc.eval_every == 0 or step == tc.max_steps:
-            last_eval = run_eval(step)
-        if step % tc.save_every == 0 or step == tc.max_steps:
-            ckpt.save(accelerator, ema, state, noise_gen.get_state())
+                bar.update(1)
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                n = tc.log_every if step % tc.log_every == 0 else step % tc.log_every
+                elapsed = time.perf_counter() - t0
+                record = {k: v / n for k, v in running.items()}
+                record.update(
+                    step=step,
+                    split="train",
+                    lr=sched.get_last_lr()[0],
+                    tokens_per_s=(state["tokens"] - tokens0) / max(elapsed, 1e-9),
+                )
+                log(record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                running = {}
+            if step % tc.eval_every == 0 or step == tc.max_steps:
+                last_eval = run_eval(step)
+            if step % tc.save_every == 0 or step == tc.max_steps or interrupted:
+                if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+                    _diverged(f"the weights became non-finite at step {step}", ckpt)
+                saved = ckpt.save(
+                    accelerator, ema, {**state, "running": running}, rng_states(noise_gen)
+                )
+            if interrupted:
+                if bar is not None:
+                    bar.close()
+                raise TrainingInterrupted(step, saved, stop.signum or signal.SIGINT)
     if bar is not None:
         bar.close()
-    if not last_eval:  # resumed a finished run: evaluate once more for the report
+    if not last_eval:  # resumed a run that had finished before its last evaluation
         last_eval = run_eval(state["step"])
     seconds = time.perf_counter() - t0
     with torch.no_grad():  # every rank must hold the same weights
@@ -346,8 +398,12 @@ def train(
     model_dir = out / "model"
     if main:
         final = ema if ema is not None else module
-        TextDiffusionPipeline(final, tokenizer).save_pretrained(model_dir)
-        shutil.copyfile(out / "experiment.yaml", model_dir / "experiment.yaml")  # its data
+
+        def write_model(folder: Path) -> None:
+            TextDiffusionPipeline(final, tokenizer).save_pretrained(folder)
+            shutil.copyfile(out / "experiment.yaml", folder / "experiment.yaml")  # its data
+
+        write_folder(model_dir, write_model)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(
@@ -357,4 +413,20 @@ def train(
         seconds,
         (state["tokens"] - tokens0) / max(seconds, 1e-9),
         last_eval,
+    )
+
+
+def _agree(accelerator, interrupted: bool, loss: float) -> tuple[bool, bool]:
+    """``(interrupted, diverged)`` as every rank sees it, so all ranks stop at the same step."""
+    flags = torch.tensor([float(interrupted), float(not math.isfinite(loss))])
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags.to(accelerator.device), "max").cpu()
+    return bool(flags[0]), bool(flags[1])
+
+
+def _diverged(what: str, ckpt: CheckpointManager) -> None:
+    kept = ckpt.checkpoints()
+    where = f"{kept[-1]} is the last good checkpoint" if kept else "no checkpoint was saved yet"
+    raise TrainingError(
+        f"{what}; training stopped and {where}; lower train.lr or raise train.warmup_steps"
     )
