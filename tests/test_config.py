@@ -39,12 +39,17 @@ def test_ints_widen_to_floats_and_null_is_allowed_where_optional(tmp_path):
     cfg = load_config(write(tmp_path, "train:\n  lr: 1\nprocess:\n  num_steps: null\n"))
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
     assert cfg.process.num_steps is None
+    # YAML 1.1 reads 1e-3 as a string; a float field takes it, an int field does not
+    assert load_config(write(tmp_path, "train:\n  lr: 1e-3\n")).train.lr == 0.001
+    assert load_config(write(tmp_path, "train:\n  lr: 1\n"), ["train.lr=2e-4"]).train.lr == 2e-4
+    with pytest.raises(ConfigError, match="expected float"):
+        load_config(write(tmp_path, "train:\n  lr: fast\n"))
 
 
 @pytest.mark.parametrize(
     "text,match",
     [
-        ("process:\n  noise: uniform\n", r"choose one of \['gaussian', 'mask'\]"),
+        ("process:\n  noise: uniform\n", r"choose one of \['gaussian', 'mask', 'autoregressive'\]"),
         ("process:\n  schedule: quadratic\n", r"choose one of \['cosine', 'linear', 'sqrt'\]"),
         ("process:\n  noise: mask\n  schedule: sqrt\n", r"choose one of \['cosine', 'linear'\]"),
         ("model:\n  embed_dim: 0\n", "model.embed_dim must be positive"),
@@ -58,6 +63,7 @@ def test_ints_widen_to_floats_and_null_is_allowed_where_optional(tmp_path):
             "output=logits",
         ),
         ("train:\n  ema_decay: 1.5\n", r"\[0, 1\)"),
+        ("process:\n  num_steps: 100\nsample:\n  steps: 200\n", "at most 100 steps"),
     ],
 )
 def test_invalid_values_are_refused(tmp_path, text, match):

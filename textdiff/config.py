@@ -200,6 +200,12 @@ class ExperimentConfig:
                 f"sample.sampler {self.sample.sampler!r} does not fit process.noise="
                 f"{self.process.noise}; choose one of {list(samplers)}"
             )
+        T = self.process.num_steps
+        if self.process.noise == "gaussian" and T is not None and self.sample.steps > T:
+            raise ConfigError(
+                f"sample.steps ({self.sample.steps}) exceeds process.num_steps ({T}); "
+                f"sample with at most {T} steps"
+            )
         if self.sample.clamp and self.process.noise != "gaussian":
             raise ConfigError("sample.clamp applies to Gaussian noise only")
 
@@ -245,6 +251,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         return {str(k): _check_type(v, args[1], f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(
             f"{where}: expected {tp.__name__}, got {type(value).__name__} ({value!r})"
