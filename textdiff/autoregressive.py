@@ -30,7 +30,7 @@ class AutoregressiveObjective(ForwardProcess):
         """Per-position NLL (B, L) and the mask of counted positions (real tokens + [EOS])."""
         start = torch.full_like(ids[:, :1], self.eos_id)
         inputs = torch.cat([start, ids[:, :-1]], dim=1)  # (B, L)
-        logits = model(input_ids=inputs).logits.float()  # (B, L, V)
+        logits = model(input_ids=inputs, attention_mask=torch.ones_like(inputs)).logits.float()
         nll = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
         return nll, ids != self.pad_id
 
@@ -49,7 +49,8 @@ class AutoregressiveObjective(ForwardProcess):
     def predict_ids(self, model, ids: Tensor, t: float = 0.0, *, rounder=None, generator=None):
         """Teacher-forced argmax predictions and the counted positions."""
         start = torch.full_like(ids[:, :1], self.eos_id)
-        logits = model(input_ids=torch.cat([start, ids[:, :-1]], dim=1)).logits
+        inputs = torch.cat([start, ids[:, :-1]], dim=1)
+        logits = model(input_ids=inputs, attention_mask=torch.ones_like(inputs)).logits
         return logits.argmax(-1), ids != self.pad_id
 
     @torch.no_grad()

@@ -1,0 +1,261 @@
+"""Measuring helpers for ``benchmarks/run.py``: child processes, matmul peak, model FLOPs per
+token, steady-state training throughput from ``metrics.jsonl``, machine information.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rounding import cpu_flags, cpu_model
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+
+@dataclass
+class ChildResult:
+    """How a child job ended.
+
+    Attributes:
+        exit_code: the process's exit status (negative: killed by that signal).
+        wall_s: wall-clock seconds seen by the parent.
+        report: the JSON the child wrote (``None`` if it was killed before writing it).
+        timed_out: whether the parent killed it at its time cap (not when ``until`` held).
+        log: the file holding the child's stdout and stderr.
+    """
+
+    exit_code: int
+    wall_s: float
+    report: dict[str, Any] | None
+    timed_out: bool
+    log: Path
+
+
+def run_child(
+    job: list[str],
+    *,
+    report: Path,
+    log: Path,
+    timeout: float | None = None,
+    until: Callable[[], bool] | None = None,
+) -> ChildResult:
+    """Run ``benchmarks/child.py REPORT job...`` from the project root.
+
+    Args:
+        job: ``["train", CONFIG, ...]`` or ``["generate", MODEL_DIR, ...]`` (see child.py).
+        report: where the child writes its JSON report (removed first).
+        log: file receiving the child's stdout and stderr.
+        timeout: seconds after which the child is killed (SIGKILL; its report is then absent).
+        until: polled twice a second; once it returns true the child has done what was needed
+            and is killed the same way (e.g. a speed run once its last step is logged).
+
+    Returns:
+        The child's exit status, timing and report.
+    """
+    report.unlink(missing_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    start, timed_out = time.perf_counter(), False
+    with log.open("w", encoding="utf-8") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "child.py"), str(report), *job],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        code = None
+        while code is None:
+            try:
+                code = proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                over = timeout is not None and time.perf_counter() - start > timeout
+                if over or (until is not None and until()):
+                    proc.kill()
+                    code, timed_out = proc.wait(), over
+    data = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None
+    return ChildResult(code, time.perf_counter() - start, data, timed_out, log)
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a text file (for error messages)."""
+    if not path.is_file():
+        return ""
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+
+def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...], seconds: float = 1.0) -> dict:
+    """Best achieved FLOP/s of square ``n × n @ n × n`` matmuls (``2 n³`` FLOPs each).
+
+    Each size is warmed up once, then timed repeatedly for about ``seconds`` (at least three
+    times); the fastest run counts. The peak is the best over sizes.
+
+    Args:
+        dtype: ``torch.float32`` or ``torch.bfloat16``.
+        sizes: the values of ``n`` tried.
+        seconds: time budget per size.
+
+    Returns:
+        ``{"flops": best, "size": n of the best, "by_size": {n: FLOP/s}, "threads": ...}``.
+    """
+    gen = torch.Generator().manual_seed(0)
+    by_size = {}
+    for n in sizes:
+        a = torch.randn(n, n, generator=gen).to(dtype)
+        b = torch.randn(n, n, generator=gen).to(dtype)
+        t = time.perf_counter()
+        a @ b  # warm-up
+        one = time.perf_counter() - t
+        best, spent, runs = float("inf"), 0.0, 0
+        while runs < 3 or spent < seconds - one:
+            t = time.perf_counter()
+            a @ b
+            dt = time.perf_counter() - t
+            best, spent, runs = min(best, dt), spent + dt, runs + 1
+        by_size[str(n)] = 2 * n**3 / best
+    size = max(by_size, key=by_size.get)
+    return {
+        "flops": by_size[size],
+        "size": int(size),
+        "by_size": by_size,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def flops_per_token(config) -> tuple[float, str]:
+    """Training FLOPs per token position (forward + backward = 3 × forward) of a saved model
+    config, and how they were counted.
+
+    The textdiff denoiser counts itself (``TextDiffusionModel.num_flops_per_token``: every
+    matmul plus attention scores and values, ``4 L D`` a layer). The GPT-2 baseline is counted
+    the same way: ``6 N + 12 n_layer L D`` with ``N`` the matmul weights (``4 D² + 2 D D_ff`` a
+    layer, plus the ``D × V`` output head; the input and position tables are lookups, not
+    matmuls) and ``L`` the full sequence length (attention runs over all positions).
+    """
+    if config.model_type == "gpt2":
+        D, L, layers = config.n_embd, config.n_positions, config.n_layer
+        ff = config.n_inner or 4 * D
+        matmul_params = layers * (4 * D * D + 2 * D * ff) + D * config.vocab_size
+        how = "6·N + 12·n_layer·L·D, N = matmul weights incl. the output head"
+        return float(6 * matmul_params + 12 * layers * L * D), how
+    from textdiff.modeling import TextDiffusionModel
+
+    with torch.device("meta"):
+        model = TextDiffusionModel(config)
+    return float(model.num_flops_per_token(training=True)), "TextDiffusionModel.num_flops_per_token"
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` (a line cut short by a kill is skipped)."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def steady_tokens_per_s(records: list[dict], tokens_per_step: int) -> dict:
+    """Training throughput between the first and the last logged step, leaving out the first
+    step (warm-up: allocation, first-call dispatch).
+
+    The trainer logs ``tokens_per_s`` as tokens since the start over seconds since the start,
+    so each record gives its elapsed time ``step · tokens_per_step / tokens_per_s``; the rate
+    between two records is their token difference over their time difference.
+
+    Args:
+        records: the run's ``metrics.jsonl`` records (``log_every`` = 1 gives every step).
+        tokens_per_step: sequences per step × sequence length.
+
+    Returns:
+        ``{"tokens_per_s", "steps_timed", "seconds_timed"}``; with a single logged step the
+        warm-up step itself is the figure (``steps_timed`` = 1, ``includes_warmup`` true).
+    """
+    train = [r for r in records if r.get("split") == "train" and r.get("tokens_per_s")]
+    if not train:
+        return {"tokens_per_s": None, "steps_timed": 0, "seconds_timed": 0.0}
+    elapsed = [(r["step"], r["step"] * tokens_per_step / r["tokens_per_s"]) for r in train]
+    if len(elapsed) == 1:
+        step, sec = elapsed[0]
+        return {
+            "tokens_per_s": step * tokens_per_step / sec,
+            "steps_timed": step,
+            "seconds_timed": sec,
+            "includes_warmup": True,
+        }
+    (s0, e0), (s1, e1) = elapsed[0], elapsed[-1]
+    return {
+        "tokens_per_s": (s1 - s0) * tokens_per_step / (e1 - e0),
+        "steps_timed": s1 - s0,
+        "seconds_timed": e1 - e0,
+        "includes_warmup": False,
+    }
+
+
+def others_cpu_seconds() -> float:
+    """Machine-wide busy CPU seconds since boot minus those of this process and its waited-for
+    children; differences over an interval give the CPU time other processes used in it
+    (``nan`` where ``/proc/stat`` is unavailable)."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait
+    own = os.times()
+    mine = own.user + own.system + own.children_user + own.children_system
+    return busy / os.sysconf("SC_CLK_TCK") - mine
+
+
+class OtherLoad:
+    """Context manager: ``share`` is the fraction of the machine's CPU time that other processes
+    used while the block ran (0: the benchmark had the machine to itself)."""
+
+    def __enter__(self) -> OtherLoad:
+        self.start, self.cpu, self.share = time.perf_counter(), others_cpu_seconds(), None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self.start
+        self.share = (others_cpu_seconds() - self.cpu) / max(wall * (os.cpu_count() or 1), 1e-9)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of JSON-able settings and files (a file counts by path, size and mtime)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            stat = part.stat() if part.exists() else None
+            part = [str(part), stat.st_size if stat else None, stat.st_mtime_ns if stat else None]
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and flags, cores, library versions and whether bf16 matmuls are native."""
+    from textdiff.pipeline import bf16_supported
+
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "native_bf16": bf16_supported("cpu"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }

@@ -1,0 +1,174 @@
+"""The run sizes of ``benchmarks/run.py`` (smoke / quick / full) and what each one sets.
+
+``full`` trains with the E2E configs' own budgets and evaluates on the whole test split;
+``quick`` trains a few dozen steps and evaluates on a few hundred sentences (figures far from the
+targets, but every stage and output exercised in about ten minutes); ``smoke`` runs everything
+on ``configs/tiny.yaml`` in a few minutes, for developing the benchmark itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+MODES = ("gaussian", "mask", "ar")
+LABELS = {"gaussian": "Gaussian", "mask": "mask", "ar": "AR"}
+
+
+@dataclass(frozen=True)
+class SweepLine:
+    """One curve of the sampling-steps sweep: a mode, a sampler, clamping on/off, step counts."""
+
+    mode: str
+    sampler: str
+    steps: tuple[int, ...]
+    clamp: bool | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{LABELS[self.mode]} {self.sampler}" + (" + clamp" if self.clamp else "")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything a run size (smoke / quick / full) sets.
+
+    Attributes:
+        name: ``smoke``, ``quick`` or ``full``; names the work folder and results file.
+        configs: per mode, the YAML (relative to the project root) and its overrides.
+        train_steps: ``train.max_steps`` override (``None``: the configs' own budgets).
+        eval_limit: test sentences for the bound (``None``: all).
+        num_t: time samples per sentence for the bound.
+        eval_samples: sentences generated and scored by the evaluation.
+        eval_steps: sampling steps of the evaluation per mode (absent: the model's default).
+        acc_sentences: sentences for accuracy vs t.
+        sweep_samples: sentences per point of the sweep (one batch when ≤ 64).
+        sweep: the sweep's curves.
+        speed_steps: timed fp32 training steps after one warm-up step.
+        bf16_steps: timed bf16 training steps after one warm-up step.
+        bf16_batch: sequences per bf16 step (bf16 is emulated on CPUs without bf16 units).
+        bf16_cap_s: seconds after which a bf16 run is stopped (its logged steps still count).
+        bf16_modes: modes whose bf16 training speed is measured.
+        peak_sizes: per dtype, the square matmul sizes tried for the peak.
+        rounding_quick: use ``benchmarks/rounding.py``'s quick settings.
+        rounding_grid: vocabulary sizes and dimensions of the rounding benchmark.
+        rounding_queries: queries per rounding cell.
+        memory_steps: the two step counts of the generation-memory runs.
+        memory_samples: sentences (one batch) of each generation-memory run.
+        memory_modes: modes whose generation memory is measured.
+    """
+
+    name: str
+    configs: dict[str, tuple[str, tuple[str, ...]]]
+    train_steps: int | None
+    eval_limit: int | None
+    num_t: int
+    eval_samples: int
+    eval_steps: dict[str, int]
+    acc_sentences: int
+    sweep_samples: int
+    sweep: tuple[SweepLine, ...]
+    speed_steps: int
+    bf16_steps: int
+    bf16_batch: int
+    bf16_cap_s: float
+    bf16_modes: tuple[str, ...]
+    peak_sizes: dict[str, tuple[int, ...]]
+    rounding_quick: bool
+    rounding_grid: tuple[tuple[int, ...], tuple[int, ...]]
+    rounding_queries: int
+    memory_steps: tuple[int, int]
+    memory_samples: int
+    memory_modes: tuple[str, ...] = ("gaussian",)
+
+
+E2E = {"gaussian": "configs/e2e.yaml", "mask": "configs/e2e-mask.yaml", "ar": "configs/e2e-ar.yaml"}
+TINY = {
+    "gaussian": ("configs/tiny.yaml", ()),
+    "mask": (
+        "configs/tiny.yaml",
+        ("process.noise=mask", "process.schedule=linear", "sample.sampler=ancestral"),
+    ),
+    "ar": ("configs/tiny.yaml", ("process.noise=autoregressive",)),
+}
+VOCABS, DIMS = (1000, 8000, 30000, 50000), (16, 64, 128)
+
+FULL = Preset(
+    name="full",
+    configs={m: (p, ()) for m, p in E2E.items()},
+    train_steps=None,
+    eval_limit=None,
+    num_t=8,
+    eval_samples=500,
+    eval_steps={},
+    acc_sentences=1024,
+    sweep_samples=64,
+    sweep=(
+        SweepLine("gaussian", "ddpm", (10, 25, 50, 100, 200)),
+        SweepLine("gaussian", "ddim", (10, 25, 50, 100), clamp=False),
+        SweepLine("gaussian", "ddim", (10, 25, 50), clamp=True),
+        SweepLine("mask", "ancestral", (16, 32, 64, 128)),
+    ),
+    speed_steps=10,
+    bf16_steps=2,
+    bf16_batch=1,
+    bf16_cap_s=120.0,
+    bf16_modes=MODES,
+    peak_sizes={"fp32": (512, 1024, 2048), "bf16": (128, 256, 512)},
+    rounding_quick=False,
+    rounding_grid=(VOCABS, DIMS),
+    rounding_queries=64 * 64 * 4,
+    memory_steps=(50, 400),
+    memory_samples=16,
+    memory_modes=("gaussian", "mask"),
+)
+QUICK = replace(
+    FULL,
+    name="quick",
+    train_steps=40,
+    eval_limit=300,
+    num_t=4,
+    eval_samples=64,
+    eval_steps={"gaussian": 50, "mask": 32},
+    acc_sentences=300,
+    sweep=(
+        SweepLine("gaussian", "ddpm", (10, 50)),
+        SweepLine("gaussian", "ddim", (10,), clamp=False),
+        SweepLine("mask", "ancestral", (16, 64)),
+    ),
+    speed_steps=4,
+    bf16_cap_s=60.0,
+    bf16_modes=("gaussian",),
+    peak_sizes={"fp32": (512, 1024, 2048), "bf16": (128, 256)},
+    rounding_quick=True,
+    rounding_grid=(VOCABS[:3], DIMS),
+    memory_steps=(25, 200),
+    memory_modes=("gaussian",),
+)
+SMOKE = replace(
+    QUICK,
+    name="smoke",
+    configs=TINY,
+    train_steps=20,
+    eval_limit=40,
+    num_t=2,
+    eval_samples=8,
+    eval_steps={"gaussian": 10, "mask": 8},
+    acc_sentences=40,
+    sweep_samples=8,
+    sweep=(
+        SweepLine("gaussian", "ddpm", (5, 10)),
+        SweepLine("gaussian", "ddim", (5, 10), clamp=False),
+        SweepLine("gaussian", "ddim", (5,), clamp=True),
+        SweepLine("mask", "ancestral", (4, 8)),
+    ),
+    speed_steps=3,
+    bf16_steps=1,
+    bf16_batch=2,
+    bf16_cap_s=60.0,
+    peak_sizes={"fp32": (256, 512), "bf16": (64, 128)},
+    rounding_grid=((1000,), (16,)),
+    rounding_queries=2048,
+    memory_steps=(10, 80),
+    memory_samples=8,
+)
+PRESETS = {"smoke": SMOKE, "quick": QUICK, "full": FULL}

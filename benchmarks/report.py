@@ -1,0 +1,379 @@
+"""Targets, markdown tables, the README section and the PNG plots of ``benchmarks/run.py``.
+
+Everything here reads the results dict that ``run.py`` writes to JSON; no figure is computed
+anywhere else, and none is written down by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from presets import LABELS
+
+GIB, MIB = 2**30, 2**20
+MATCH = 1.1  # "matched" generative perplexity: within 10 % of the AR samples' own
+MEMORY_TOLERANCE = 0.05  # generation peaks at two step counts agree within 5 %
+BUSY = 0.1  # other processes' share of the CPUs above which a stage's timings are flagged
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _get(d: dict | None, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _num(x: float, digits: int = 3) -> str:
+    """``x`` with ``digits`` decimals, or in scientific notation when it is huge."""
+    return f"{x:.{digits}f}" if abs(x) < 1e6 else f"{x:.3g}"
+
+
+def _row(name: str, measured: str, target: str, met: bool | None, note: str = "") -> dict:
+    status = "not measured" if met is None else ("met" if met else "**missed**")
+    return {"target": name, "measured": measured, "goal": target, "status": status, "note": note}
+
+
+def _largest_term(ev: dict) -> str:
+    terms = _get(ev, "bound", "terms_per_token", default={})
+    if not terms:
+        return ""
+    k = max(terms, key=lambda k: terms[k])
+    return f"largest term {k} = {terms[k]:.3f} nats/token"
+
+
+def _budget(tr: dict | None) -> str:
+    if not tr:
+        return ""
+    return f"trained {tr['steps']} steps ({tr['tokens']:,} token positions)"
+
+
+def _bound_rows(r: dict) -> list[dict]:
+    ev, rows = r.get("evaluate") or {}, []
+    ar = _get(ev, "ar", "bound", "perplexity_bound")
+    for mode, goal in (("mask", 1.2), ("gaussian", 2.0)):
+        ppl = _get(ev, mode, "bound", "perplexity_bound")
+        name = f"{LABELS[mode]} perplexity bound ÷ AR test perplexity"
+        if ppl is None or ar is None:
+            rows.append(_row(name, "–", f"≤ {goal}", None))
+            continue
+        ratio = ppl / ar
+        note = f"{_num(ppl, 2)} vs AR {_num(ar, 2)}"
+        if ratio > goal:
+            note += "; " + "; ".join(
+                x for x in (_budget(_get(r, "train", mode)), _largest_term(ev[mode])) if x
+            )
+        rows.append(_row(name, _num(ratio), f"≤ {goal}", ratio <= goal, note))
+    return rows
+
+
+def _sample_rows(r: dict) -> list[dict]:
+    ev, rows = r.get("evaluate") or {}, []
+    for mode in ("gaussian", "mask"):
+        s = _get(ev, mode, "samples") or {}
+        gen, real = s.get("generative_perplexity"), s.get("reference_perplexity_on_real")
+        n = s.get("count", "–")
+        name = f"{LABELS[mode]}: generative perplexity of {n} samples ÷ AR's on real test text"
+        if gen is None or real is None:
+            rows.append(_row(name, "–", "≤ 1.1", None))
+        else:
+            note = f"{gen:.2f} vs {real:.2f}, {s['sampler']} {s['steps']} steps"
+            best = _best_sweep(r, mode)
+            if gen / real > 1.1 and best:
+                note += (
+                    f"; best in the sweep {best['generative_perplexity']:.2f} "
+                    f"({best['label']}, {best['steps']} steps)"
+                )
+            rows.append(_row(name, f"{gen / real:.3f}", "≤ 1.1", gen / real <= 1.1, note))
+        d2, real_d2 = s.get("distinct_2"), s.get("real_distinct_2")
+        name = f"{LABELS[mode]}: distinct-2 ÷ real text's"
+        if d2 is None or not real_d2:
+            rows.append(_row(name, "–", "≥ 0.9", None))
+        else:
+            note = f"{d2:.3f} vs {real_d2:.3f}"
+            rows.append(_row(name, f"{d2 / real_d2:.3f}", "≥ 0.9", d2 / real_d2 >= 0.9, note))
+    return rows
+
+
+def _best_sweep(r: dict, mode: str) -> dict | None:
+    pts = [p for p in _get(r, "sweep", "points", default=[]) if p["mode"] == mode]
+    return min(pts, key=lambda p: p["generative_perplexity"]) if pts else None
+
+
+def _rounding_rows(r: dict) -> list[dict]:
+    ev = _get(r, "evaluate", "gaussian") or {}
+    acc = {float(t): a for t, a in (ev.get("acc_by_t") or {}).items()}
+    low = {t: a for t, a in acc.items() if t <= 0.1}
+    name = "Gaussian: rounding accuracy of x̂_0 at t ≤ 0.1 (lowest)"
+    if not low:
+        rows = [_row(name, "–", "≥ 99 %", None)]
+    else:
+        worst = min(low.values())
+        note = ", ".join(f"t={t:g}: {a:.2%}" for t, a in sorted(low.items()))
+        if worst < 0.99:
+            note += "; " + _budget(_get(r, "train", "gaussian"))
+        rows = [_row(name, f"{worst:.2%}", "≥ 99 %", worst >= 0.99, note)]
+    trip = _get(ev, "rounding", "roundtrip_accuracy")
+    name = "Gaussian: round-trip of every word row"
+    rows.append(
+        _row(
+            name,
+            "–" if trip is None else f"{trip:.2%}",
+            "100 %",
+            None if trip is None else trip == 1,
+        )
+    )
+    return rows
+
+
+def _mfu_row(r: dict) -> dict:
+    run = next(
+        (x for x in _get(r, "speed", "runs", default=[]) if x["mode"] == "gaussian"),
+        None,
+    )
+    name = "training model FLOP/s ÷ fp32 matmul peak (Gaussian, fp32)"
+    if run is None:
+        return _row(name, "–", "≥ 60 %", None)
+    peak = r["speed"]["peaks"]["fp32"]
+    note = f"{run['model_flops'] / 1e9:.1f} of {peak['flops'] / 1e9:.1f} GFLOP/s"
+    if run["fraction_of_peak"] < 0.6:
+        note += (
+            f"; a step is {run['batch_size']}×{run['seq_len']} tokens at width "
+            f"{run['hidden_size']}: besides the counted matmuls it runs LayerNorm, GELU, softmax, "
+            "the loss and read-out, AdamW and the EMA update, which add time but no model FLOPs"
+        )
+    return _row(
+        name, f"{run['fraction_of_peak']:.1%}", "≥ 60 %", run["fraction_of_peak"] >= 0.6, note
+    )
+
+
+def _speed_vs_ar_row(r: dict) -> dict:
+    pts = _get(r, "sweep", "points", default=[])
+    ar = next((p for p in pts if p["mode"] == "ar"), None)
+    name = f"diffusion s / 64 sentences ≤ AR's at matched generative perplexity (≤ {MATCH}× AR's)"
+    diff = [p for p in pts if p["mode"] != "ar"]
+    if ar is None or not diff:
+        return _row(name, "–", "≤ AR", None)
+    bar = MATCH * ar["generative_perplexity"]
+    matched = [p for p in diff if p["generative_perplexity"] <= bar]
+    if not matched:
+        close = min(diff, key=lambda p: p["generative_perplexity"])
+        note = (
+            f"no diffusion setting reached {bar:.2f} (AR samples {ar['generative_perplexity']:.2f},"
+            f" {ar['seconds_per_64']:.2f} s); closest {close['generative_perplexity']:.2f} "
+            f"({close['label']}, {close['steps']} steps, {close['seconds_per_64']:.2f} s)"
+        )
+        return _row(name, "no match", "≤ AR", False, note)
+    best = min(matched, key=lambda p: p["seconds_per_64"])
+    ok = best["seconds_per_64"] <= ar["seconds_per_64"]
+    note = (
+        f"{best['label']} {best['steps']} steps: {best['seconds_per_64']:.2f} s vs AR "
+        f"{ar['seconds_per_64']:.2f} s"
+    )
+    if not ok:
+        note += (
+            f"; {best['network_calls']} network calls over the full sequence vs AR's "
+            f"{ar['network_calls']} one-position calls with cached keys/values"
+        )
+    measured = f"{best['seconds_per_64']:.2f} s vs {ar['seconds_per_64']:.2f} s"
+    return _row(name, measured, "≤ AR", ok, note)
+
+
+def _memory_rows(r: dict) -> list[dict]:
+    mem = r.get("memory") or {}
+    rss = _get(mem, "training", "gaussian", "peak_rss_bytes")
+    rows = [
+        _row(
+            f"training peak RSS (Gaussian, {_get(r, 'train', 'gaussian', 'config')})",
+            "–" if rss is None else f"{rss / GIB:.2f} GiB",
+            "≤ 4 GiB",
+            None if rss is None else rss <= 4 * GIB,
+            "" if rss is None else _get(mem, "training", "gaussian", "source"),
+        )
+    ]
+    for mode, runs in (mem.get("generation") or {}).items():
+        lo, hi = runs[0], runs[-1]
+        delta = (hi["peak_rss_bytes"] - lo["peak_rss_bytes"]) / lo["peak_rss_bytes"]
+        rows.append(
+            _row(
+                f"{LABELS[mode]} generation peak RSS, {lo['steps']} vs {hi['steps']} steps",
+                f"{delta:+.1%}",
+                f"within ±{MEMORY_TOLERANCE:.0%}",
+                abs(delta) <= MEMORY_TOLERANCE,
+                f"{lo['peak_rss_bytes'] / MIB:.0f} vs {hi['peak_rss_bytes'] / MIB:.0f} MiB, "
+                f"{lo['samples']} sentences, no trajectory",
+            )
+        )
+    return rows
+
+
+def targets(r: dict) -> list[dict]:
+    """One row per target of the benchmark issue: measured figure, goal, met / missed, notes."""
+    return [
+        *_bound_rows(r),
+        *_sample_rows(r),
+        *_rounding_rows(r),
+        _mfu_row(r),
+        _speed_vs_ar_row(r),
+        *_memory_rows(r),
+    ]
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _f(x, fmt: str = ".3f") -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def markdown(r: dict) -> str:
+    """The results section: targets, then the figures behind them."""
+    m = r["machine"]
+    load = {k: v for k, v in (r.get("other_cpu_share") or {}).items() if v is not None}
+    busy = [f"{k} {v:.0%}" for k, v in load.items() if v > BUSY]
+    parts = [
+        f"Preset `{r['preset']}`, run {r['finished_at']} ({r['elapsed_s'] / 60:.1f} min) on "
+        f"{m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch threads, "
+        f"torch {m['torch']}, native bf16: {'yes' if m['native_bf16'] else 'no'}. Figures from "
+        f"`results/{r['preset']}.json`."
+        + (
+            f" **Other processes used the CPUs during: {', '.join(busy)}** (share of all cores); "
+            "timings of those stages are slower than on an idle machine."
+            if busy
+            else ""
+        ),
+        "### Targets",
+        _table(
+            ["target", "measured", "goal", "status", "notes"],
+            [[t["target"], t["measured"], t["goal"], t["status"], t["note"]] for t in r["targets"]],
+        ),
+    ]
+    ev = r.get("evaluate") or {}
+    if ev:
+        rows = []
+        for mode, e in ev.items():
+            b, s, tr = e["bound"], e["samples"], _get(r, "train", mode) or {}
+            rows.append(
+                [
+                    LABELS[mode],
+                    tr.get("steps", "–"),
+                    _num(b["perplexity_bound"]),
+                    f"{b['nll_per_token']:.4f} ± {b['stderr_nll_per_token']:.4f}",
+                    f"{b['sentences']} / {b['tokens']}",
+                    _f(s.get("generative_perplexity"), ".2f"),
+                    _f(s.get("reference_perplexity_on_real"), ".2f"),
+                    f"{s['distinct_2']:.3f} / {s['real_distinct_2']:.3f}",
+                    "KV cache" if mode == "ar" else f"{s['sampler']} {s['steps']}",
+                    f"{s['seconds_per_64']:.2f}",
+                ]
+            )
+        parts += [
+            "### Test bound (AR: exact NLL) and samples",
+            _table(
+                [
+                    "model",
+                    "train steps",
+                    "perplexity",
+                    "NLL/token ± s.e.",
+                    "sentences / tokens",
+                    "gen. ppl",
+                    "AR ppl of real",
+                    "distinct-2 / real",
+                    "sampler, steps",
+                    "s / 64",
+                ],
+                rows,
+            ),
+        ]
+    sw = r.get("sweep") or {}
+    if sw:
+        parts += [
+            f"### Sampling steps ({sw['samples']} sentences a point; real text: gen. ppl "
+            f"{sw['real_generative_perplexity']:.2f}, distinct-2 {sw['real_distinct_2']:.3f})",
+            _table(
+                ["sampler", "steps", "network calls", "gen. ppl", "distinct-2", "s / 64"],
+                [
+                    [
+                        p["label"],
+                        p["steps"] or "–",
+                        p["network_calls"],
+                        f"{p['generative_perplexity']:.2f}",
+                        f"{p['distinct_2']:.3f}",
+                        f"{p['seconds_per_64']:.2f}",
+                    ]
+                    for p in sw["points"]
+                ],
+            ),
+        ]
+    sp = r.get("speed") or {}
+    if sp:
+        pk = sp["peaks"]
+        parts += [
+            f"### Training speed (matmul peak: fp32 {pk['fp32']['flops'] / 1e9:.1f} GFLOP/s at "
+            f"n = {pk['fp32']['size']}, bf16 {pk['bf16']['flops'] / 1e9:.2f} GFLOP/s at "
+            f"n = {pk['bf16']['size']}; native bf16: {'yes' if sp['native_bf16'] else 'no'})",
+            _table(
+                ["model", "precision", "batch", "steps timed", "tokens/s", "GFLOP/s", "of peak"],
+                [
+                    [
+                        LABELS[x["mode"]],
+                        x["precision"] + (" (capped)" if x["capped"] else ""),
+                        x["batch_size"],
+                        x["steps_timed"],
+                        _f(x["tokens_per_s"], ",.0f"),
+                        _f(x["model_flops"] and x["model_flops"] / 1e9, ".2f"),
+                        _f(x["fraction_of_peak"], ".1%"),
+                    ]
+                    for x in sp["runs"]
+                ],
+            ),
+        ]
+    ro = r.get("rounding") or {}
+    if ro:
+        import rounding as rb
+
+        cells = [rb.CellResult(**c) for c in ro["cells"]]
+        parts += [
+            f"### Rounding, FAISS vs tiled torch ({ro['queries']} queries a cell)",
+            rb.markdown_table(cells),
+        ]
+    mem = r.get("memory") or {}
+    if mem:
+        rows = [
+            [f"{LABELS[k]} training", f"{v['peak_rss_bytes'] / MIB:.0f}", v["source"]]
+            for k, v in mem["training"].items()
+        ]
+        rows += [
+            [
+                f"{LABELS[k]} generation, {g['steps']} steps",
+                f"{g['peak_rss_bytes'] / MIB:.0f}",
+                f"{g['samples']} sentences; {g['peak_rss_loaded_bytes'] / MIB:.0f} MiB after load",
+            ]
+            for k, gs in mem["generation"].items()
+            for g in gs
+        ]
+        parts += ["### Peak memory (RSS of the process)", _table(["job", "MiB", "notes"], rows)]
+    parts.append(
+        "Plots: [acc_by_t.png](results/acc_by_t.png), "
+        "[genppl_vs_steps.png](results/genppl_vs_steps.png), "
+        "[training_curves.png](results/training_curves.png)."
+    )
+    return "\n\n".join(parts)
+
+
+def write_readme(path: Path, section: str) -> None:
+    """Put ``section`` between the results markers of ``path`` (appended if they are absent)."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    block = f"{START}\n{section}\n{END}"
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip() + "\n\n## Results\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
