@@ -142,3 +142,30 @@ def test_oracle_loss_has_zero_mse(oracle_factory):
     assert terms.floats()["loss"] == pytest.approx(
         sum(terms.floats()[k] for k in ("mse", "prior", "rounding")), rel=1e-6
     )
+
+
+def test_evidence_logits_are_the_gaussian_log_likelihood_up_to_a_constant():
+    p = GaussianProcess("sqrt", prediction="posterior")
+    gen = torch.Generator().manual_seed(5)
+    table = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    x_t = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.6], dtype=torch.float64)
+    a = p.alpha_bar(t)[:, None, None, None]
+    log_lik = -((x_t[:, :, None, :] - a.sqrt() * table) ** 2).sum(-1) / (2 * (1 - a[..., 0]))
+    ev = p.evidence_logits(x_t, t, table).double()
+    diff = ev - log_lik  # constant in v
+    assert torch.allclose(diff, diff[..., :1].expand_as(diff), atol=1e-4)
+
+
+def test_posterior_prediction_lands_on_rows_at_low_noise_and_follows_logits_at_high():
+    p = GaussianProcess("sqrt", prediction="posterior")
+    gen = torch.Generator().manual_seed(6)
+    table = 3 * torch.randn(50, 16, generator=gen)
+    ids = torch.randint(0, 50, (4, 9), generator=gen)
+    x_t, _ = p.q_sample(table[ids], 0.001, generator=gen)
+    zeros = torch.zeros(4, 9, 50)
+    assert torch.allclose(p.predict_x0(zeros, x_t, 0.001, table), table[ids], atol=1e-3)
+    x_1, _ = p.q_sample(table[ids], 1.0, generator=gen)
+    logits = torch.randn(4, 9, 50, generator=gen)
+    expected = logits.softmax(-1) @ table  # at t = 1 the evidence is gone
+    assert torch.allclose(p.predict_x0(logits, x_1, 1.0, table), expected, atol=0.05)

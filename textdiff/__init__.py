@@ -17,6 +17,7 @@ _EXPORTS = {
     "GaussianProcess": "textdiff.gaussian",
     "MaskProcess": "textdiff.absorbing",
     "Rounder": "textdiff.rounding",
+    "TemplateError": "textdiff.template",
     "load_config": "textdiff.config",
     "train": "textdiff.training",
 }

@@ -15,6 +15,7 @@ from .process import (
     BoundTerms,
     Denoiser,
     ForwardProcess,
+    Known,
     LossTerms,
     Progress,
     SampleOutput,
@@ -56,12 +57,15 @@ class MaskProcess(ForwardProcess):
         logits[..., self.mask_id] = float("-inf")
         return logits.log_softmax(-1)
 
-    def _masked_nll(self, model: Denoiser, ids: Tensor, t: Tensor, generator) -> tuple:
-        """Per sequence: ``Σ_{i: z_t,i = MASK} −log p_θ(w_i | z_t)`` and the number of masks."""
+    def _masked_nll(self, model: Denoiser, ids: Tensor, t: Tensor, generator, clean=None) -> tuple:
+        """Per sequence: ``Σ_{i: z_t,i = MASK} −log p_θ(w_i | z_t)`` and the number of masks;
+        positions where ``clean`` (B, L) is True are never masked."""
         z = self.q_sample(ids, t, generator=generator)
         masked = z == self.mask_id
+        if clean is not None:  # a clean position may hold [MASK] itself: the null condition
+            z, masked = torch.where(clean, ids, z), masked & ~clean
         nll = -self.log_probs(model, z).gather(-1, ids[..., None])[..., 0]  # (B, L)
-        return (nll * masked).sum(1), masked.sum(1)
+        return torch.where(masked, nll, 0.0).sum(1), masked.sum(1)  # nll is inf at a null [MASK]
 
     def loss(
         self,
@@ -70,31 +74,42 @@ class MaskProcess(ForwardProcess):
         *,
         generator: torch.Generator | None = None,
         t: Tensor | None = None,
+        clean: Tensor | None = None,
     ) -> LossTerms:
         """The continuous-time bound as the loss (DESIGN.md §3), per token:
         ``(−α'(t) / (1 − α(t))) Σ_{masked i} −log p_θ(w_i | z_t) / L`` with stratified
-        (antithetic) ``t`` over the batch."""
+        (antithetic) ``t`` over the batch. Positions where ``clean`` (B, L) is True are never
+        masked, and ``L`` counts the others only."""
         B, L = ids.shape
         if t is None:
             t = T_MIN + (1 - T_MIN) * stratified_times(B, generator=generator)
-        nll, num_masked = self._masked_nll(model, ids, t, generator)
+        nll, num_masked = self._masked_nll(model, ids, t, generator, clean)
         weight = self.schedule.weight(t).float().to(ids.device)
-        loss = (weight * nll).mean() / L
+        if clean is None:
+            loss = (weight * nll).mean() / L
+            fraction = num_masked.float().mean() / L
+        else:
+            n = (~clean).sum(1).clamp(min=1)  # (B,) noised positions per sequence
+            loss = (weight * nll / n).mean()
+            fraction = (num_masked.float() / n).mean()
         terms = {
             "masked_ce": (nll.sum() / num_masked.sum().clamp(min=1)).detach(),
-            "mask_fraction": (num_masked.float().mean() / L).detach(),
+            "mask_fraction": fraction.detach(),
         }
         return LossTerms(loss, terms)
 
     def predict_ids(
-        self, model: Denoiser, ids: Tensor, t: float, *, rounder=None, generator=None
+        self, model: Denoiser, ids: Tensor, t: float, *, rounder=None, generator=None, clean=None
     ) -> tuple[Tensor, Tensor]:
-        """Mask ``ids`` at time ``t`` and take the most likely token at each masked position.
+        """Mask ``ids`` at time ``t`` (never where ``clean``) and take the most likely token at
+        each masked position.
 
         Returns the predicted ids (B, L) and the positions that were masked (predicted).
         """
         z = self.q_sample(ids, t, generator=generator)
         masked = z == self.mask_id
+        if clean is not None:
+            z, masked = torch.where(clean, ids, z), masked & ~clean
         return torch.where(masked, self.log_probs(model, z).argmax(-1), z), masked
 
     def nll_bound(
@@ -104,16 +119,18 @@ class MaskProcess(ForwardProcess):
         *,
         num_t: int = 8,
         generator: torch.Generator | None = None,
+        clean: Tensor | None = None,
     ) -> BoundTerms:
         """``−log p(w) ≤ ∫_0^1 (−α'(t)/(1 − α(t))) E_q[Σ_{masked i} −log p_θ(w_i | z_t)] dt``
-        (DESIGN.md §3), estimated per sequence with ``num_t`` stratified times."""
+        (DESIGN.md §3), estimated per sequence with ``num_t`` stratified times; positions where
+        ``clean`` (B, L) is True are never masked (the bound of the rest given them)."""
         B = ids.shape[0]
         offsets = torch.rand(B, num_t, generator=generator, dtype=torch.float64)
         u = (torch.arange(num_t, dtype=torch.float64) + offsets) / num_t  # (B, K)
         reps = []
         for k in range(num_t):
             t = u[:, k].clamp(min=T_MIN)
-            nll, _ = self._masked_nll(model, ids, t, generator)
+            nll, _ = self._masked_nll(model, ids, t, generator, clean)
             reps.append(self.schedule.weight(t).to(ids.device) * nll.double())
         per_rep = torch.stack(reps, 1)  # (B, K)
         var = per_rep.var(1) / num_t if num_t > 1 else torch.full((B,), float("nan"))
@@ -136,18 +153,27 @@ class MaskProcess(ForwardProcess):
         clamp: bool = False,
         rounder=None,
         constrain=None,
+        known: Known | None = None,
     ) -> SampleOutput:
         """Ancestral sampling from all-[MASK] (DESIGN.md §3): from ``t`` to ``s``, each masked
         position is revealed with probability ``(α(s) − α(t)) / (1 − α(t))``, its token drawn from
         ``p_θ(· | z_t)`` (with ``temperature`` and nucleus ``top_p``). With ``cache``, a step whose
         input equals the previous one reuses its output; ``info["nfe_saved"]`` counts them.
-        ``constrain(z)``, if given, re-imposes known tokens before each step (infilling)."""
+        ``constrain(z)``, if given, is applied to ``z`` before each step; ``known`` tokens are
+        re-imposed after it (never masked, never revealed): infilling and conditions."""
         if sampler not in ("auto", "ancestral"):
             raise ValueError(f"unknown sampler {sampler!r} for mask noise; choose 'ancestral'")
         if clamp:
             raise ValueError("clamp applies to Gaussian noise only")
         B, L = shape
         device = model.device
+        hold = torch.zeros(B, L, dtype=torch.bool, device=device)
+        if known is not None:
+            hold, fixed, user = known.mask.to(device), known.ids.to(device), constrain
+
+            def constrain(z: Tensor) -> Tensor:
+                return torch.where(hold, fixed, z if user is None else user(z))
+
         z = torch.full((B, L), self.mask_id, dtype=torch.long, device=device)
         grid = time_grid(steps)
         trajectory = [] if return_trajectory else None
@@ -166,7 +192,7 @@ class MaskProcess(ForwardProcess):
             a_t, a_s = self.schedule.alpha(t).item(), self.schedule.alpha(s).item()
             reveal_p = (a_s - a_t) / (1 - a_t)
             u = torch.rand((B, L), generator=generator).to(device)
-            reveal = (z == self.mask_id) & (u < reveal_p)
+            reveal = (z == self.mask_id) & (u < reveal_p) & ~hold
             if reveal.any():  # draw tokens of p_θ(· | z_t) only where something is revealed
                 draw = torch.multinomial(probs[reveal].cpu(), 1, generator=generator)[:, 0]
                 z = z.clone()

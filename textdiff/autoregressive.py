@@ -34,14 +34,18 @@ class AutoregressiveObjective(ForwardProcess):
         nll = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
         return nll, ids != self.pad_id
 
-    def loss(self, model, ids: Tensor, *, generator=None, t=None) -> LossTerms:
+    def loss(self, model, ids: Tensor, *, generator=None, t=None, clean=None) -> LossTerms:
         """Mean next-token cross-entropy per counted token."""
+        _no_clean(clean)
         nll, counted = self._token_nll(model, ids)
         loss = (nll * counted).sum() / counted.sum().clamp(min=1)
         return LossTerms(loss, {"nll": loss.detach()})
 
-    def nll_bound(self, model, ids: Tensor, *, num_t: int = 1, generator=None) -> BoundTerms:
+    def nll_bound(
+        self, model, ids: Tensor, *, num_t: int = 1, generator=None, clean=None
+    ) -> BoundTerms:
         """The exact NLL per sequence (no Monte Carlo: the variance is zero)."""
+        _no_clean(clean)
         nll, counted = self._token_nll(model, ids)
         total = (nll * counted).sum(1).double()
         return BoundTerms(total, {"nll": total}, 1, variance=torch.zeros_like(total))
@@ -69,6 +73,7 @@ class AutoregressiveObjective(ForwardProcess):
         clamp: bool = False,
         rounder=None,
         constrain=None,
+        known=None,
     ) -> SampleOutput:
         """Ancestral sampling token by token with the key/value cache, until every row has
         produced ``[EOS]`` or ``L`` tokens; the rest of each row is padding. ``steps`` is
@@ -77,6 +82,8 @@ class AutoregressiveObjective(ForwardProcess):
 
         if clamp:
             raise ValueError("clamp applies to Gaussian noise only")
+        if known is not None:
+            raise ValueError("the autoregressive baseline cannot hold tokens fixed (templates)")
         B, L = shape
         device = model.device
         out = torch.full((B, L), self.pad_id, dtype=torch.long, device=device)
@@ -98,3 +105,8 @@ class AutoregressiveObjective(ForwardProcess):
                 break
             token = nxt[:, None]
         return SampleOutput(ids=out, nfe=nfe)
+
+
+def _no_clean(clean) -> None:
+    if clean is not None:
+        raise ValueError("the autoregressive baseline has no partial noising (clean=)")

@@ -20,6 +20,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError, RunFolderError
     from .config import ConfigError
     from .data import DataError
+    from .e2e import MissingDependencyError
     from .pipeline import ModelFolderError
     from .tokenization import TokenizerError
     from .training import TrainingError
@@ -32,6 +33,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         TokenizerError,
         CheckpointError,
         TrainingError,
+        MissingDependencyError,
         ValueError,
         FileNotFoundError,
         PermissionError,
@@ -39,7 +41,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _print_metrics(record: dict) -> None:
-    for key in sorted(k for k in record if k != "samples"):
+    for key in sorted(k for k in record if k not in ("samples", "sample_conditions")):
         value = record[key]
         print(f"  {key:<16} {value:.4f}" if isinstance(value, float) else f"  {key:<16} {value}")
 
@@ -65,10 +67,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .pipeline import TextDiffusionPipeline
 
     pipe = TextDiffusionPipeline.from_pretrained(result.model_dir)
+    conditions = result.last_eval.get("sample_conditions")  # data-to-text: validation MRs
+    n = len(conditions) if conditions else args.samples
+    texts = pipe.generate(n, seed=cfg.train.seed, condition=conditions, progress=not args.quiet)
     print("samples:")
-    for text in pipe.generate(args.samples, seed=cfg.train.seed, progress=not args.quiet):
-        print(f"  {text}")
+    for i, text in enumerate(texts):
+        print(f"  {conditions[i]}  →  {text}" if conditions else f"  {text}")
     return 0
+
+
+def _template(text: str | None) -> list | None:
+    """``--template`` JSON, e.g. '["The Eagle is a", 4, "."]'; checked by the pipeline."""
+    if text is None:
+        return None
+    from .template import EXAMPLE, TemplateError
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TemplateError(
+            f"--template is not valid JSON ({e.msg}); write a JSON list, e.g. '{EXAMPLE}'"
+        ) from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -88,6 +107,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         progress=not args.quiet,
+        template=_template(args.template),
+        condition=args.condition,
+        guidance_scale=args.guidance,
     )
     if out is not None:
         out.write_text("\n".join(texts) + "\n", encoding="utf-8")
@@ -114,6 +136,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         reference_model=args.reference,
         progress=not args.quiet,
+        bleu=args.bleu,
+        references=args.references,
+        bleu_mrs=args.bleu_mrs,
+        guidance_scale=args.guidance,
     )
     text = json.dumps(report, indent=2)
     if out is not None:
@@ -158,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float)
+    g.add_argument(
+        "--template",
+        help='JSON list of known text and span lengths, e.g. \'["The Eagle is a", 4, "."]\'',
+    )
+    g.add_argument("--condition", help="the MR to generate from (data-to-text models)")
+    g.add_argument(
+        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)"
+    )
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     g.add_argument("--out", help="write the sentences to this file")
     g.add_argument("--overwrite", action="store_true")
@@ -175,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=int, default=256, help="sentences to generate and score")
     e.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     e.add_argument("--reference", help="autoregressive model folder that scores the samples")
+    e.add_argument(
+        "--bleu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="E2E test-set BLEU and slot error rate (default: for data-to-text models)",
+    )
+    e.add_argument("--references", help="E2E release zip (default: beside the data files)")
+    e.add_argument("--bleu-mrs", type=int, help="score only the first N test MRs")
+    e.add_argument("--guidance", type=float, default=1.0, help="guidance scale (data-to-text)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)

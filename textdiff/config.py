@@ -69,14 +69,35 @@ class ProcessConfig:
     # gaussian | mask; autoregressive trains the GPT-2-architecture baseline with the same trainer
     noise: Literal["gaussian", "mask", "autoregressive"] = "gaussian"
     schedule: str = "sqrt"  # gaussian: linear | cosine | sqrt; mask: linear | cosine
-    prediction: Literal["x0", "eps"] = "x0"  # Gaussian network target
+    # Gaussian network target: x0, eps, or posterior (the network gives logits that are added to
+    # each position's exact Gaussian evidence; x̂_0 is the mean word row under the result)
+    prediction: Literal["x0", "eps", "posterior"] = "x0"
     num_steps: int | None = 2000  # T of the discrete bound (null: continuous time)
     eps_weighting: Literal["simple", "vlb"] = "simple"
+    # data-to-text by partial noising (DiffuSeq): the first condition_len positions hold the
+    # condition (E2E: the MR) + [EOS] + [PAD], kept clean (never noised, not in the loss); the
+    # rest the sentence + [EOS] + [PAD]. 0: unconditional
+    condition_len: int = 0
+    # classifier-free guidance: probability that training replaces a row's condition by the
+    # null condition (all [MASK]); > 0 is what makes guidance_scale ≠ 1 meaningful at sampling
+    condition_dropout: float = 0.0
 
     def check(self) -> None:
         from .schedules import KEEP_SCHEDULES, SCHEDULES
 
+        if self.condition_len < 0:
+            raise ConfigError(f"process.condition_len must be ≥ 0, got {self.condition_len}")
+        if not 0 <= self.condition_dropout < 1:
+            raise ConfigError(
+                f"process.condition_dropout must be in [0, 1), got {self.condition_dropout}"
+            )
+        if self.condition_dropout > 0 and self.condition_len == 0:
+            raise ConfigError("process.condition_dropout needs process.condition_len > 0")
         if self.noise == "autoregressive":
+            if self.condition_len:
+                raise ConfigError(
+                    "process.condition_len applies to diffusion (gaussian | mask) only"
+                )
             return
         valid = SCHEDULES if self.noise == "gaussian" else KEEP_SCHEDULES
         if self.schedule not in valid:
@@ -190,8 +211,17 @@ class ExperimentConfig:
             part.check()
         if self.process.noise == "mask" and self.model.output in ("embedding", "mixture"):
             raise ConfigError("process.noise=mask needs model.output=logits (or auto)")
-        if self.process.noise == "gaussian" and self.model.output == "logits":
-            raise ConfigError("process.noise=gaussian needs model.output=embedding or mixture")
+        posterior = self.process.prediction == "posterior"
+        if (
+            self.process.noise == "gaussian"
+            and posterior
+            and self.model.output in ("embedding", "mixture")
+        ):
+            raise ConfigError("process.prediction=posterior needs model.output=logits (or auto)")
+        if self.process.noise == "gaussian" and not posterior and self.model.output == "logits":
+            raise ConfigError(
+                "model.output=logits with Gaussian noise needs process.prediction=posterior"
+            )
         if self.model.output == "mixture" and self.process.prediction != "x0":
             raise ConfigError("model.output=mixture predicts x0; set process.prediction=x0")
         samplers = SAMPLERS_BY_NOISE[self.process.noise]
@@ -208,12 +238,24 @@ class ExperimentConfig:
             )
         if self.sample.clamp and self.process.noise != "gaussian":
             raise ConfigError("sample.clamp applies to Gaussian noise only")
+        C = self.process.condition_len
+        if C and C > self.model.seq_len - 2:
+            raise ConfigError(
+                f"process.condition_len ({C}) leaves fewer than 2 of model.seq_len "
+                f"({self.model.seq_len}) positions for the sentence (a word and [EOS])"
+            )
+        if C and (self.data.packing != "pad" or self.data.streaming):
+            raise ConfigError(
+                "process.condition_len > 0 needs data.packing: pad and data.streaming: false "
+                "(one condition + sentence pair per row)"
+            )
 
     def network_config(self, vocab_size: int) -> ModelConfig:
         """The network's own config: ``output`` resolved from the noise, ``vocab_size`` set."""
         output = self.model.output
         if output == "auto":
-            output = "embedding" if self.process.noise == "gaussian" else "logits"
+            embedding = self.process.noise == "gaussian" and self.process.prediction != "posterior"
+            output = "embedding" if embedding else "logits"
         return dataclasses.replace(self.model, output=output, vocab_size=vocab_size)
 
     def to_dict(self) -> dict[str, Any]:

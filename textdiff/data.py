@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from .config import ConfigError, DataConfig
-from .tokenization import encode, load_tokenizer, train_tokenizer
+from .tokenization import encode, encode_pairs, load_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -198,17 +198,28 @@ def _peek(ds: datasets.IterableDataset, split: str, cfg: DataConfig) -> dict | N
 
 
 def iter_texts(
-    ds: datasets.Dataset | datasets.IterableDataset, max_texts: int | None = None
+    ds: datasets.Dataset | datasets.IterableDataset,
+    max_texts: int | None = None,
+    columns: tuple[str, ...] = ("text",),
 ) -> Iterator[str]:
-    """The ``"text"`` column of a split, in order (at most ``max_texts`` of them)."""
+    """The ``"text"`` column of a split, in order (at most ``max_texts`` rows); with several
+    ``columns`` (e.g. ``("condition", "text")`` to train a data-to-text tokenizer) each row's
+    values in turn."""
     if isinstance(ds, datasets.IterableDataset):
         rows = ds if max_texts is None else ds.take(max_texts)
         for batch in rows.iter(batch_size=_BATCH):
-            yield from batch["text"]
+            yield from _interleave(batch, columns)
         return
     n = len(ds) if max_texts is None else min(max_texts, len(ds))
     for start in range(0, n, _BATCH):
-        yield from ds[start : min(start + _BATCH, n)]["text"]
+        yield from _interleave(ds[start : min(start + _BATCH, n)], columns)
+
+
+def _interleave(batch: dict[str, list], columns: tuple[str, ...]) -> Iterator[str]:
+    if any(c not in batch for c in columns):
+        raise DataError(f"the data has no {list(columns)} columns; data-to-text needs format: e2e")
+    for row in zip(*(batch[c] for c in columns), strict=True):
+        yield from row
 
 
 def build_tokenizer(cfg: DataConfig, train_texts: Iterable[str]) -> PreTrainedTokenizerFast:
@@ -313,12 +324,16 @@ def tokenize_split(
     seq_len: int,
     packing: Literal["pad", "chunk"] = "pad",
     name: str = "data",
+    condition_len: int = 0,
 ) -> TokenizedSplit | StreamingSplit:
     """Tokenize a split prepared by :func:`load_text_splits`.
 
     ``packing="pad"``: one text per row, ``ids + [EOS] + [PAD]...``, cut to keep ``[EOS]``
     (the number of cut texts is logged). ``packing="chunk"``: all texts concatenated, each
     followed by ``[EOS]``, cut into rows of ``seq_len``; the last row is padded with ``[PAD]``.
+    ``condition_len > 0`` (data-to-text, in-memory ``pad`` only): each row is the condition
+    over its first ``condition_len`` positions and the text over the rest
+    (:func:`textdiff.tokenization.encode_pairs`); cut conditions and texts are logged.
 
     Args:
         ds: A split with a ``"text"`` column (and optionally ``"condition"``).
@@ -326,6 +341,7 @@ def tokenize_split(
         seq_len: L, the row length.
         packing: ``"pad"`` or ``"chunk"``.
         name: The split's name, for log messages.
+        condition_len: Positions of the condition part; 0 for none.
 
     Returns:
         A :class:`TokenizedSplit` for an in-memory dataset, a :class:`StreamingSplit` for a
@@ -333,6 +349,8 @@ def tokenize_split(
     """
     if packing not in ("pad", "chunk"):
         raise DataError(f"packing {packing!r} is unknown; choose 'pad' or 'chunk'")
+    if condition_len:
+        return _tokenize_pairs(ds, tok, seq_len, packing, name, condition_len)
     if isinstance(ds, datasets.IterableDataset):
         return StreamingSplit(ds, tok, seq_len, packing, name)
     if len(ds) == 0:
@@ -348,6 +366,27 @@ def tokenize_split(
     _log_truncation(name, num_truncated, len(ds), seq_len)
     cond = list(ds["condition"]) if "condition" in ds.column_names else None
     return TokenizedSplit(torch.cat(parts), cond, num_truncated, len(ds))
+
+
+def _tokenize_pairs(ds, tok, seq_len: int, packing: str, name: str, C: int) -> TokenizedSplit:
+    """The data-to-text rows ``[condition ; text]`` of an in-memory split."""
+    if isinstance(ds, datasets.IterableDataset) or packing != "pad":
+        raise DataError("a data-to-text split must be in memory with packing: pad")
+    if "condition" not in ds.column_names:
+        raise DataError(
+            f"split {name!r} has no condition column; a data-to-text model "
+            "(process.condition_len > 0) needs data.format: e2e (lines MR||sentence)"
+        )
+    conditions = list(ds["condition"])
+    ids, cut_c, cut_t = encode_pairs(tok, conditions, list(ds["text"]), C, seq_len)
+    if cut_c:
+        logger.warning(
+            "%s: %d of %d conditions were longer than %d tokens and were truncated; raise "
+            "process.condition_len",
+            *(name, cut_c, len(ds), C - 1),
+        )
+    _log_truncation(name, cut_t, len(ds), seq_len - C)
+    return TokenizedSplit(ids, conditions, cut_c + cut_t, len(ds))
 
 
 def _stream_ids(tok: PreTrainedTokenizerFast, texts: list[str]) -> list[int]:

@@ -5,6 +5,11 @@ Perplexity is ``exp(Σ NLL bound / Σ tokens)`` where tokens are the real tokens
 padding is modelled (it encodes the length) but not counted (DESIGN.md §2), so the figure compares
 with the autoregressive baseline's perplexity on the same tokens. Sentences longer than the model
 do not fit and are left out (and counted).
+
+For a data-to-text model (``process.condition_len > 0``) the bound is the conditional one,
+``−log p(sentence | MR)``, over the sentence's tokens; accuracy is over the sentence part; samples
+are generated for the split's MRs; and on the E2E test set it reports BLEU against all references
+and the slot error rate beside the TGen baseline (:mod:`textdiff.e2e`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 
 from .config import ExperimentConfig, load_config
 from .data import iter_texts, load_text_splits, tokenize_split
+from .guidance import condition_positions
 from .metrics import distinct_n, self_bleu
 from .pipeline import TextDiffusionPipeline, autocast
 from .tokenization import encode
@@ -31,9 +37,18 @@ def _progress(enabled: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
-def _fitting(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """Rows whose [EOS] survived encoding, i.e. sentences that were not truncated."""
+def _fitting(ids: torch.Tensor, eos_id: int, condition_len: int = 0) -> torch.Tensor:
+    """Rows whose [EOS] survived encoding, i.e. sentences (and conditions) not truncated."""
+    if condition_len:
+        return _fitting(ids[:, :condition_len], eos_id) & _fitting(ids[:, condition_len:], eos_id)
     return (ids == eos_id).any(1)
+
+
+def _clean(batch: torch.Tensor, condition_len: int) -> dict:
+    """``clean=`` for the math when the rows hold a condition part, else nothing."""
+    if not condition_len:
+        return {}
+    return {"clean": condition_positions(*batch.shape, condition_len, batch.device)}
 
 
 @torch.inference_mode()
@@ -47,18 +62,20 @@ def nll_bound(
     progress: bool = False,
 ) -> dict:
     """The per-token NLL bound over ``ids`` (N, L): value, Monte-Carlo standard error, each term,
-    perplexity. Token count: everything that is not [PAD]."""
+    perplexity. Token count: everything that is not [PAD] (nor in the condition part)."""
     gen = torch.Generator().manual_seed(seed)
-    pad = pipe.tokenizer.pad_token_id
+    pad, C = pipe.tokenizer.pad_token_id, pipe.condition_len
     totals: dict[str, float] = {}
     nll = var = 0.0
-    tokens = int((ids != pad).sum())
+    tokens = int((ids[:, C:] != pad).sum())
     device = pipe.model.device
     with _progress(progress, len(ids), "bound") as bar:
         for lo in range(0, len(ids), batch_size):
             batch = ids[lo : lo + batch_size].to(device)
             with autocast(device, pipe.precision):
-                b = pipe.process.nll_bound(pipe.model, batch, num_t=num_t, generator=gen)
+                b = pipe.process.nll_bound(
+                    pipe.model, batch, num_t=num_t, generator=gen, **_clean(batch, C)
+                )
             nll += float(b.total.sum())
             var += float(b.variance.sum()) if b.variance is not None else 0.0
             for k, v in b.terms.items():
@@ -91,7 +108,12 @@ def accuracy_by_t(
             batch = ids[lo : lo + batch_size].to(device)
             with autocast(device, pipe.precision):
                 pred, where = pipe.process.predict_ids(
-                    pipe.model, batch, t, rounder=rounder, generator=gen
+                    pipe.model,
+                    batch,
+                    t,
+                    rounder=rounder,
+                    generator=gen,
+                    **_clean(batch, pipe.condition_len),
                 )
             where = where & (batch != pad)
             hits += int(((pred == batch) & where).sum())
@@ -160,17 +182,41 @@ def evaluate_model(
     reference_model: str | Path | None = None,
     acc_sentences: int = 1024,
     progress: bool = True,
+    bleu: bool | None = None,
+    references: str | Path | None = None,
+    bleu_mrs: int | None = None,
+    guidance_scale: float = 1.0,
 ) -> dict:
-    """Everything ``textdiff evaluate`` reports, as a dict (see the module docstring)."""
+    """Everything ``textdiff evaluate`` reports, as a dict (see the module docstring).
+
+    ``bleu`` (default: for data-to-text models) adds the E2E test-set BLEU and slot error rate
+    for the first ``bleu_mrs`` test MRs (all 630 by default), with the release zip
+    ``references`` (default: ``e2e-dataset-v1.0.0.zip`` beside the data files).
+    ``guidance_scale`` applies to every conditional generation.
+    """
     model_dir = Path(model_dir)
     pipe = TextDiffusionPipeline.from_pretrained(model_dir)
+    C = pipe.condition_len
+    bleu = C > 0 if bleu is None else bleu
+    if bleu and not C:
+        raise ValueError(
+            "E2E BLEU needs a data-to-text model (process.condition_len > 0); this one is "
+            "unconditional"
+        )
     cfg = _experiment(model_dir, data_config)
     splits = load_text_splits(cfg.data)
     if split not in splits:
         raise ValueError(f"the data has no split {split!r}; it has {sorted(splits)}")
-    data = tokenize_split(splits[split], pipe.tokenizer, pipe.seq_len, "pad", name=split)
-    fits = _fitting(data.ids, pipe.tokenizer.eos_token_id)
+    data = tokenize_split(
+        splits[split], pipe.tokenizer, pipe.seq_len, "pad", name=split, condition_len=C
+    )
+    fits = _fitting(data.ids, pipe.tokenizer.eos_token_id, C)
     ids = data.ids[fits]
+    conditions = None
+    if C:  # samples for the split's MRs, one each
+        conditions = [c for c, f in zip(data.cond, fits.tolist(), strict=True) if f]
+        num_samples = min(num_samples, len(conditions))
+        conditions = conditions[:num_samples]
     if max_sentences is not None:
         ids = ids[:max_sentences]
     noise = pipe.model.config.process["noise"]
@@ -185,7 +231,14 @@ def evaluate_model(
 
     t0 = time.perf_counter()
     gen = pipe.generate(
-        num_samples, num_steps=steps, sampler=sampler, seed=seed, return_ids=True, progress=progress
+        num_samples,
+        num_steps=steps,
+        sampler=sampler,
+        seed=seed,
+        return_ids=True,
+        progress=progress,
+        condition=conditions,
+        guidance_scale=guidance_scale,
     )
     seconds = time.perf_counter() - t0
     real_texts = list(iter_texts(splits[split], max(num_samples, 2)))
@@ -211,8 +264,34 @@ def evaluate_model(
         quality["reference_perplexity_on_real"] = perplexity_of_texts(reference, real_texts)
     report["samples"] = quality
     report["rounding"] = rounding_report(pipe, gen)
+    if bleu:
+        from .e2e import evaluate_data2text
+
+        report["e2e"] = evaluate_data2text(
+            pipe,
+            references or _default_references(cfg),
+            limit=bleu_mrs,
+            num_steps=steps,
+            sampler=sampler,
+            seed=seed,
+            guidance_scale=guidance_scale,
+            progress=progress,
+        )
     report["summary"] = _summary(report)
     return report
+
+
+def _default_references(cfg: ExperimentConfig) -> Path:
+    """The E2E release zip beside the experiment's data files."""
+    from .e2e import RELEASE_ZIP
+
+    for f in cfg.data.data_files.values():
+        candidate = Path(f).parent / RELEASE_ZIP
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no {RELEASE_ZIP} beside the data files; pass the E2E release zip with --references"
+    )
 
 
 def _summary(report: dict) -> dict:
@@ -237,4 +316,10 @@ def _summary(report: dict) -> dict:
     ):
         if key in s:
             out[f"samples {key}"] = round(s[key], 4)
+    if "e2e" in report:
+        e = report["e2e"]
+        out["E2E test BLEU (TGen 65.93)"] = f"{e['bleu']:.2f} over {e['test_mrs']} MRs"
+        out["E2E slot error rate"] = (
+            f"{e['slot_error_rate']:.4f} (first references: {e['reference_slot_error_rate']:.4f})"
+        )
     return out

@@ -20,6 +20,7 @@ from .process import (
     BoundTerms,
     Denoiser,
     ForwardProcess,
+    Known,
     LossTerms,
     Progress,
     SampleOutput,
@@ -28,8 +29,17 @@ from .process import (
 from .samplers import gaussian_sample
 from .schedules import Schedule, get_schedule
 
-PREDICTIONS = ("x0", "eps")
+PREDICTIONS = ("x0", "eps", "posterior")
 EPS_WEIGHTINGS = ("simple", "vlb")
+
+
+def _mean(v: Tensor, keep: Tensor | None) -> Tensor:
+    """Mean of ``v`` (B, L, ...) over the positions where ``keep`` (B, L) is True (all if None)."""
+    if keep is None:
+        return v.mean()
+    w = keep.to(v.dtype).reshape(keep.shape + (1,) * (v.dim() - keep.dim()))  # (B, L, 1...)
+    count = w.sum() * (v.numel() // keep.numel())
+    return (v * w).sum() / count.clamp(min=1)
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
@@ -110,14 +120,17 @@ class GaussianProcess(ForwardProcess):
         mean = _bcast(c0, x_t) * x0 + _bcast(ct, x_t) * x_t
         return mean, _bcast(var, x_t)
 
-    def prior_kl(self, x0: Tensor) -> Tensor:
-        """``L_T = KL(q(h_1 | x0) ‖ N(0, I))`` summed over positions and dims, per sequence (B,).
+    def prior_kl(self, x0: Tensor, keep: Tensor | None = None) -> Tensor:
+        """``L_T = KL(q(h_1 | x0) ‖ N(0, I))`` summed over positions and dims, per sequence (B,);
+        over the positions where ``keep`` (B, L) is True only, if given.
 
         ``KL(N(μ, σ²) ‖ N(0, 1)) = ½ (μ² + σ² − 1 − log σ²)`` with ``μ = √ᾱ_1 x0``,
         ``σ² = 1 − ᾱ_1``.
         """
         a = self.alpha_bar(1.0)
         per_dim = 0.5 * (a * x0.double() ** 2 + (1 - a) - 1 - torch.log1p(-a))
+        if keep is not None:
+            return (per_dim.sum(-1) * keep).sum(1)
         return per_dim.flatten(1).sum(1)
 
     def x0_from_eps(self, x_t: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
@@ -138,9 +151,30 @@ class GaussianProcess(ForwardProcess):
         """Inverse of :meth:`score_from_eps`: ``ε̂ = −√(1 − ᾱ_t) ŝ``."""
         return -score * _bcast(1 - self.alpha_bar(t), score).sqrt()
 
-    def predict_x0(self, output: Tensor, x_t: Tensor, t: Tensor | float) -> Tensor:
-        """The network's output read as ``x̂_0``, whatever it was trained to predict."""
-        return output if self.prediction == "x0" else self.x0_from_eps(x_t, output, t)
+    def evidence_logits(self, x_t: Tensor, t: Tensor | float, table: Tensor) -> Tensor:
+        """``log q(h_t,i | w_i = v)`` up to a constant in ``v``, for every word row ``E_v``:
+        ``(√ᾱ_t h·E_v − ½ ᾱ_t ‖E_v‖²) / (1 − ᾱ_t)``. (B, L, d) -> (B, L, V)."""
+        a = _bcast(self.alpha_bar(t), x_t)
+        table = table.float()
+        scores = a.sqrt() * (x_t.float() @ table.T) - 0.5 * a * table.pow(2).sum(1)
+        return scores / (1 - a)
+
+    def predict_x0(
+        self, output: Tensor, x_t: Tensor, t: Tensor | float, table: Tensor | None = None
+    ) -> Tensor:
+        """The network's output read as ``x̂_0``, whatever it was trained to predict.
+
+        ``prediction="posterior"``: the output (B, L, V) are logits that are added to the exact
+        per-position evidence (:meth:`evidence_logits`), and ``x̂_0 = Σ_v p_v E_v`` is the mean
+        word row under that posterior. At low noise the evidence alone names the word, so
+        ``x̂_0`` lands on the row; at high noise it fades and the network's context decides.
+        """
+        if self.prediction == "x0":
+            return output
+        if self.prediction == "eps":
+            return self.x0_from_eps(x_t, output, t)
+        probs = (output.float() + self.evidence_logits(x_t, t, table)).softmax(-1)
+        return probs @ table.float()
 
     def denoise(
         self, model: Denoiser, x_t: Tensor, t: Tensor, x0_prev: Tensor | None = None
@@ -148,10 +182,13 @@ class GaussianProcess(ForwardProcess):
         """``x̂_0`` at times ``t`` (B,). A self-conditioned model is given ``x0_prev``, or, when
         that is None, first its own estimate from zeros (two network calls)."""
         t_net = t.float().to(x_t.device)
-        x0_hat = self.predict_x0(model(x_t, t_net).float(), x_t, t) if x0_prev is None else None
+        table = model.word_table() if self.prediction == "posterior" else None
+        x0_hat = None
+        if x0_prev is None:
+            x0_hat = self.predict_x0(model(x_t, t_net).float(), x_t, t, table)
         if getattr(model, "self_conditioning", False):
             prev = x0_hat if x0_prev is None else x0_prev
-            x0_hat = self.predict_x0(model(x_t, t_net, x0_prev=prev).float(), x_t, t)
+            x0_hat = self.predict_x0(model(x_t, t_net, x0_prev=prev).float(), x_t, t, table)
         return x0_hat
 
     def vlb_weight(self, t: Tensor | float, s: Tensor | float) -> Tensor:
@@ -178,52 +215,78 @@ class GaussianProcess(ForwardProcess):
         *,
         generator: torch.Generator | None = None,
         t: Tensor | None = None,
+        clean: Tensor | None = None,
     ) -> LossTerms:
         """Diffusion-LM's objective ``E_t ‖x̂_0(H_t, t) − x0‖² + ‖√ᾱ_1 x0‖² − log p_θ(w | h_0)``
         (DESIGN.md §2, "Training objective"), each term a mean over positions (and dims).
 
-        With ``prediction="eps"`` the first term is ``‖ε̂ − ε‖²``, weighted by
+        With ``prediction="posterior"`` the cross-entropy of the posterior over words is added
+        (``posterior_ce``, the objective of CDCD, Dieleman et al., 2022): it trains the logits
+        directly, as masked-language-model training does, and its minimiser's mean row is the
+        minimiser of the MSE term. With ``prediction="eps"`` the first term is ``‖ε̂ − ε‖²``,
+        weighted by
         ``T · ½ (SNR(t − 1/T)/SNR(t) − 1)`` (exact VLB, notes P2.4) if ``eps_weighting="vlb"``.
+        Positions where ``clean`` (B, L) is True keep ``x_t = x0`` and every term averages over
+        the other positions only (partial noising, DiffuSeq).
         """
         x0 = model.embed(ids)  # (B, L, d)
         if t is None:
             t = stratified_times(ids.shape[0], generator=generator)
         x_t, eps = self.q_sample(x0, t, generator=generator)
+        noised = None
+        if clean is not None:
+            x_t = torch.where(clean[..., None], x0, x_t)
+            noised = ~clean
         t_net = t.float().to(x0.device)
+        table = model.word_table() if self.prediction == "posterior" else None
         if getattr(model, "self_conditioning", False):  # half the batch sees its own x̂_0
             with torch.no_grad():
-                x0_prev = self.predict_x0(model(x_t, t_net).float(), x_t, t)
+                x0_prev = self.predict_x0(model(x_t, t_net).float(), x_t, t, table)
             keep = torch.rand(ids.shape[0], generator=generator) < 0.5
             out = model(x_t, t_net, x0_prev=x0_prev * _bcast(keep.double(), x0_prev)).float()
         else:
-            out = model(x_t, t_net).float()  # (B, L, d)
-        if self.prediction == "x0":
-            mse = (out - x0).pow(2).mean()
+            out = model(x_t, t_net).float()  # (B, L, d), or (B, L, V) for "posterior"
+        terms = {}
+        if self.prediction == "posterior":  # logits (B, L, V): MSE of the mean row, plus CE
+            post = out + self.evidence_logits(x_t, t, table)
+            mse = _mean((post.softmax(-1) @ table.float() - x0).pow(2), noised)
+            nll = F.cross_entropy(post.transpose(1, 2), ids, reduction="none")  # (B, L)
+            terms["posterior_ce"] = _mean(nll, noised)
+        elif self.prediction == "x0":
+            mse = _mean((out - x0).pow(2), noised)
         elif self.eps_weighting == "simple":
-            mse = (out - eps).pow(2).mean()
+            mse = _mean((out - eps).pow(2), noised)
         else:
             T = self.num_steps or 2000
             tt = (t * T).ceil().clamp(min=1) / T
             w = T * self.vlb_weight(tt, tt - 1.0 / T) / self.schedule.snr(tt)
-            mse = (_bcast(w, out) * (out - eps).pow(2)).mean()
-        prior = self.alpha_bar(1.0).float() * x0.pow(2).mean()
+            mse = _mean(_bcast(w, out) * (out - eps).pow(2), noised)
+        prior = self.alpha_bar(1.0).float() * _mean(x0.pow(2), noised)
         h0, _ = self.q_sample(x0, 0.0, generator=generator)
-        rounding = F.cross_entropy(model.logits(h0).flatten(0, 1).float(), ids.flatten())
-        total = mse + prior + rounding
-        terms = {"mse": mse.detach(), "prior": prior.detach(), "rounding": rounding.detach()}
-        return LossTerms(total, terms)
+        logits = model.logits(h0).flatten(0, 1).float()  # (B·L, V)
+        if noised is None:
+            rounding = F.cross_entropy(logits, ids.flatten())
+        else:
+            ce = F.cross_entropy(logits, ids.flatten(), reduction="none")
+            rounding = _mean(ce.view(ids.shape), noised)
+        total = mse + prior + rounding + sum(terms.values())
+        terms.update(mse=mse, prior=prior, rounding=rounding)
+        return LossTerms(total, {k: v.detach() for k, v in terms.items()})
 
     def predict_ids(
-        self, model: Denoiser, ids: Tensor, t: float, *, rounder, generator=None
+        self, model: Denoiser, ids: Tensor, t: float, *, rounder, generator=None, clean=None
     ) -> tuple[Tensor, Tensor]:
-        """Noise ``ids`` to time ``t``, predict ``x̂_0`` and round it with ``rounder``.
+        """Noise ``ids`` to time ``t`` (not where ``clean``), predict ``x̂_0`` and round it.
 
-        Returns the rounded ids (B, L) and the positions that were predicted (all of them).
+        Returns the rounded ids (B, L) and the positions that were predicted (the noised ones).
         """
         x0 = model.embed(ids)
         x_t, _ = self.q_sample(x0, t, generator=generator)
+        if clean is not None:
+            x_t = torch.where(clean[..., None], x0, x_t)
         x0_hat = self.denoise(model, x_t, torch.full((ids.shape[0],), float(t)))
-        return rounder.round(x0_hat), torch.ones_like(ids, dtype=torch.bool)
+        where = torch.ones_like(ids, dtype=torch.bool) if clean is None else ~clean
+        return rounder.round(x0_hat), where
 
     # ---------------------------------------------------------------- NLL bound, §2
     def nll_bound(
@@ -234,6 +297,7 @@ class GaussianProcess(ForwardProcess):
         num_t: int = 8,
         generator: torch.Generator | None = None,
         num_steps: int | None | str = "default",
+        clean: Tensor | None = None,
     ) -> BoundTerms:
         """``−log p(w) ≤ L_T + Σ_{i=2}^{T} L_{i−1} + L_emb + L_round`` (DESIGN.md §2, notes P2.3).
 
@@ -245,11 +309,15 @@ class GaussianProcess(ForwardProcess):
         ``½ ∫ −SNR'(t) ‖x0 − x̂_0‖² dt`` replaces the sum and ``L_emb`` vanishes.
         ``variance`` in :class:`BoundTerms` is the sample variance of the ``num_t`` replicates
         divided by ``num_t`` (an overestimate for stratified samples).
+
+        With ``clean`` (B, L) those positions stay ``x0`` and every term sums over the other
+        positions: the bound on ``−log p(noised part | clean part)``.
         """
         T = self.num_steps if num_steps == "default" else num_steps
         B, device = ids.shape[0], ids.device
         x0 = model.embed(ids).float()  # (B, L, d)
-        prior = self.prior_kl(x0)
+        keep = None if clean is None else (~clean).double()  # (B, L) positions in the bound
+        prior = self.prior_kl(x0, keep)
         reps: dict[str, list[Tensor]] = {"diffusion": [], "embedding": [], "rounding": []}
         offsets = torch.rand(B, num_t, generator=generator, dtype=torch.float64)
         u = (torch.arange(num_t, dtype=torch.float64) + offsets) / num_t  # (B, K) stratified
@@ -266,8 +334,15 @@ class GaussianProcess(ForwardProcess):
                 s_emb = self.vlb_weight(1.0 / T, 0.0)
             x_in = x0 if T is None else torch.cat([x0, x0])
             x_t, _ = self.q_sample(x_in, times, generator=generator)
+            if keep is not None:
+                held = (keep if T is None else torch.cat([keep, keep])) == 0  # (B or 2B, L)
+                x_t = torch.where(held[..., None], x_in, x_t)
             x0_hat = self.denoise(model, x_t, times)
-            err = (x0_hat - x_in).double().pow(2).flatten(1).sum(1)  # (B,) or (2B,)
+            err = (x0_hat - x_in).double().pow(2)
+            if keep is None:
+                err = err.flatten(1).sum(1)  # (B,) or (2B,)
+            else:
+                err = (err.sum(-1) * (~held).double()).sum(1)
             reps["diffusion"].append(weight.to(device) * err[:B])
             reps["embedding"].append(
                 torch.zeros(B, dtype=torch.float64, device=device)
@@ -275,7 +350,9 @@ class GaussianProcess(ForwardProcess):
                 else s_emb * err[B:]
             )
             h0, _ = self.q_sample(x0, 0.0, generator=generator)
-            logp = model.logits(h0).float().log_softmax(-1).gather(-1, ids[..., None])
+            logp = model.logits(h0).float().log_softmax(-1).gather(-1, ids[..., None])[..., 0]
+            if keep is not None:
+                logp = logp * keep
             reps["rounding"].append(-logp.double().flatten(1).sum(1))
         stacked = {k: torch.stack(v, 1) for k, v in reps.items()}  # each (B, K)
         per_rep = prior[:, None] + sum(stacked.values())
@@ -298,13 +375,15 @@ class GaussianProcess(ForwardProcess):
         clamp: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        known: Known | None = None,
         **options,
     ) -> SampleOutput:
         """Start from ``h_1 ~ N(0, I)``, denoise in ``steps`` steps, round the last ``x̂_0``.
 
         ``rounder`` (a :class:`textdiff.rounding.Rounder` over the word table) rounds the result
         and, with ``clamp=True``, snaps every ``x̂_0`` to its nearest row. ``sampler`` is one of
-        :data:`textdiff.samplers.GAUSSIAN_SAMPLERS`; ``options`` go to it.
+        :data:`textdiff.samplers.GAUSSIAN_SAMPLERS`; ``options`` go to it. ``known`` tokens are
+        held fixed (see :func:`textdiff.samplers.gaussian_sample`).
         """
         if temperature != 1.0 or top_p != 1.0:
             raise ValueError("temperature and top_p apply to mask noise only")
@@ -319,5 +398,6 @@ class GaussianProcess(ForwardProcess):
             generator=generator,
             progress=progress,
             return_trajectory=return_trajectory,
+            known=known,
             **options,
         )

@@ -148,6 +148,10 @@ class TextDiffusionModel(PreTrainedModel):
         """``h_0 = E[w]``: (B, L) -> (B, L, d)."""
         return self.word_embedding(ids)
 
+    def word_table(self) -> Tensor:
+        """The word table ``E`` (V, d)."""
+        return self.word_embedding.weight
+
     def logits(self, x: Tensor) -> Tensor:
         """Tied read-out ``s · x · Eᵀ``: (..., d) -> (..., V)."""
         return self.readout_scale * (x @ self.word_embedding.weight.to(x.dtype).T)

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from .absorbing import MaskProcess
 from .autoregressive import AutoregressiveObjective
+from .conditional import prepare_request
 from .config import ProcessConfig, SampleConfig
 from .gaussian import GaussianProcess
 from .modeling import model_class, sequence_length
@@ -128,6 +130,11 @@ class TextDiffusionPipeline:
         return getattr(self.process, "num_steps", None)
 
     @property
+    def condition_len(self) -> int:
+        """Positions of the condition part of a data-to-text model (0: unconditional)."""
+        return int(self.model.config.process.get("condition_len", 0))
+
+    @property
     def rounder(self) -> Rounder | None:
         """FAISS index over the current word table, rebuilt if the weights changed (``None`` for
         a model without one, the autoregressive baseline)."""
@@ -156,12 +163,25 @@ class TextDiffusionPipeline:
         return_trajectory: bool = False,
         progress: bool = False,
         seq_len: int | None = None,
+        template: Sequence[str | int] | None = None,
+        condition: str | Sequence[str] | None = None,
+        guidance_scale: float = 1.0,
     ) -> list[str] | GenerationOutput:
         """Generate ``num_samples`` sentences.
 
         Settings left as ``None`` take the model's saved defaults (``config.sample``). The same
         ``seed`` and ``batch_size`` give the same text. Returns the texts, or a
         :class:`GenerationOutput` when ``return_ids`` or ``return_trajectory`` is set.
+
+        ``template``, e.g. ``["The Eagle is a", 4, "near Burger King ."]``: known text (str)
+        is held fixed and each span (int ≥ 1) of that many tokens is generated
+        (:mod:`textdiff.template`; an invalid one raises :class:`TemplateError`). For a
+        data-to-text model (``process.condition_len > 0``), ``condition`` is the meaning
+        representation: one string for all samples or one per sample; ``None`` is the null
+        condition (unconditional sampling). ``guidance_scale`` ``s`` is classifier-free
+        guidance (:mod:`textdiff.guidance`): 1 conditional, 0 unconditional (exactly the null
+        condition), > 1 sharper. For such a model ``ids`` and ``x0`` cover the sentence part
+        only (positions ``condition_len`` on); the trajectory covers whole rows.
         """
         defaults = SampleConfig(**self.model.config.sample)
         steps = defaults.steps if num_steps is None else num_steps
@@ -180,6 +200,18 @@ class TextDiffusionPipeline:
             )
         if not 1 <= length <= self.seq_len:
             raise ValueError(f"seq_len must be in 1..{self.seq_len}, got {length}")
+        C = self.condition_len
+        if C and length != self.seq_len:
+            raise ValueError("a data-to-text model generates its full length; leave seq_len unset")
+        request = prepare_request(
+            self.tokenizer,
+            self.model.config.process,
+            num_samples,
+            length,
+            template=template,
+            condition=condition,
+            guidance_scale=guidance_scale,
+        )
         options = {
             "sampler": defaults.sampler if sampler is None else sampler,
             "clamp": defaults.clamp if clamp is None else clamp,
@@ -198,9 +230,12 @@ class TextDiffusionPipeline:
         device = self.model.device
         for lo in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - lo)
+            known = request.known(lo, n, length)
+            if known is not None:
+                options["known"] = known
             with autocast(device, self.precision):
                 out = self.process.sample(
-                    self.model,
+                    request.denoiser(self.model, lo, n, length),
                     (n, length),
                     steps=steps,
                     generator=generator,
@@ -217,12 +252,12 @@ class TextDiffusionPipeline:
             for k, v in out.info.items():
                 info[k] = info.get(k, 0.0) + v
         all_ids = torch.cat(ids)
-        from .tokenization import decode
-
-        texts = decode(self.tokenizer, all_ids)
+        texts, stats = request.texts(self.tokenizer, all_ids)
+        info.update(stats)
         if not (return_ids or return_trajectory):
             return texts
-        x0 = torch.cat(x0s) if x0s else None
+        all_ids = all_ids[:, C:]
+        x0 = torch.cat(x0s)[:, C:] if x0s else None
         return GenerationOutput(
             texts, all_ids, x0, trajectories if return_trajectory else None, nfe, info
         )

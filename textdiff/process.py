@@ -28,6 +28,9 @@ class Denoiser(Protocol):
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
         """The prediction from the word part ``x_t`` (B, L, d) at times ``t`` (B,)."""
 
+    def word_table(self) -> Tensor:
+        """The word table ``E`` (V, d)."""
+
     def logits(self, x: Tensor) -> Tensor:
         """Token logits (B, L, V) from embedding-space vectors (B, L, d) or network outputs."""
 
@@ -76,6 +79,22 @@ class SampleOutput:
     info: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class Known:
+    """Tokens a sampler holds fixed: infilling templates and data-to-text conditions.
+
+    ``ids`` (B, L) the tokens and ``mask`` (B, L, bool) where they are known; the other entries
+    of ``ids`` are ignored. ``clean`` (B, L, bool, optional) marks known positions that are never
+    noised — a condition trained with ``loss(..., clean=)``; the other known positions follow the
+    forward process (Gaussian: re-noised to the current time; mask: simply kept unmasked). The
+    sampler returns ``ids`` at every known position.
+    """
+
+    ids: Tensor
+    mask: Tensor
+    clean: Tensor | None = None
+
+
 def time_grid(steps: int, t_max: float = 1.0, t_min: float = 0.0) -> Tensor:
     """``steps + 1`` equally spaced times from ``t_max`` down to ``t_min`` (float64)."""
     if steps < 1:
@@ -100,9 +119,19 @@ class ForwardProcess(ABC):
 
     @abstractmethod
     def loss(
-        self, model: Denoiser, ids: Tensor, *, generator: torch.Generator | None = None
+        self,
+        model: Denoiser,
+        ids: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        clean: Tensor | None = None,
     ) -> LossTerms:
-        """The training objective for a batch of ids (B, L)."""
+        """The training objective for a batch of ids (B, L).
+
+        ``clean`` (B, L, bool), optional: positions that stay clean (partial noising, as in
+        DiffuSeq): never noised and left out of every term, so the model learns
+        ``p(noised part | clean part)``.
+        """
 
     @abstractmethod
     def nll_bound(
@@ -112,8 +141,10 @@ class ForwardProcess(ABC):
         *,
         num_t: int,
         generator: torch.Generator | None = None,
+        clean: Tensor | None = None,
     ) -> BoundTerms:
-        """An unbiased estimate of an upper bound on ``−log p(ids)`` per sequence, in nats."""
+        """An unbiased estimate of an upper bound on ``−log p(ids)`` per sequence, in nats; with
+        ``clean`` (B, L, bool) the bound on ``−log p(noised part | clean part)``."""
 
     @abstractmethod
     def sample(
@@ -125,6 +156,8 @@ class ForwardProcess(ABC):
         generator: torch.Generator | None = None,
         progress: Progress | None = None,
         return_trajectory: bool = False,
+        known: Known | None = None,
         **options,
     ) -> SampleOutput:
-        """Draw ``shape = (B, L)`` token ids from the model in ``steps`` steps."""
+        """Draw ``shape = (B, L)`` token ids from the model in ``steps`` steps, holding the
+        ``known`` tokens fixed if given."""

@@ -18,7 +18,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from .process import Denoiser, Progress, SampleOutput, time_grid
+from .process import Denoiser, Known, Progress, SampleOutput, time_grid
 
 
 def _noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -92,11 +92,18 @@ def gaussian_sample(
     corrector_steps: int = 1,
     snr: float = 0.1,
     constrain: Callable[[Tensor, Tensor], Tensor] | None = None,
+    known: Known | None = None,
 ) -> SampleOutput:
     """Draw ``shape = (B, L)`` sentences: ``h_1 ~ N(0, I)``, then ``steps`` steps of ``sampler``
     on an even grid from 1 to 0, snapping each ``x̂_0`` to the word table when ``clamp``, and
     rounding the last ``x̂_0`` with ``rounder``. ``constrain(x_t, t)``, if given, is applied to
-    the latent before every network call (infilling re-imposes known words there)."""
+    the latent before every network call.
+
+    ``known`` tokens ``w`` are held fixed (infilling; conditions): before every network call the
+    latent at their positions becomes a fresh draw of ``q(h_t | E[w])`` (DESIGN.md §2, "Forward"),
+    or ``E[w]`` itself where ``known.clean``; ``x̂_0`` there is set to ``E[w]``, so the trajectory
+    is the one that leads to them; and the returned ids there are ``w``.
+    """
     sampler = "ddpm" if sampler == "auto" else sampler
     if sampler not in GAUSSIAN_SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(GAUSSIAN_SAMPLERS)}")
@@ -111,13 +118,27 @@ def gaussian_sample(
         torch.zeros(B, L, model.embed_dim, device=device) if (self_conditioned) else None
     )
 
+    if known is not None:
+        held = known.mask.to(device)[..., None]  # (B, L, 1)
+        x0_known = model.embed(known.ids.to(device)).float()  # (B, L, d): E[w]
+
+    def impose(x: Tensor, t: Tensor) -> Tensor:
+        x_known, _ = process.q_sample(x0_known, t, _noise(x, generator))
+        if known.clean is not None:
+            x_known = torch.where(known.clean.to(device)[..., None], x0_known, x_known)
+        return torch.where(held, x_known, x)
+
     def denoise(x: Tensor, t: Tensor) -> Tensor:
         nonlocal nfe, prev
         nfe += 1
         if constrain is not None:
             x = constrain(x, t)
+        if known is not None:
+            x = impose(x, t)
         x0_hat = process.denoise(model, x, t.expand(B), x0_prev=prev)
         x0_hat = rounder.clamp(x0_hat) if clamp else x0_hat
+        if known is not None:
+            x0_hat = torch.where(held, x0_known, x0_hat)
         prev = x0_hat if self_conditioned else None  # the next step reads this estimate
         return x0_hat
 
@@ -136,4 +157,6 @@ def gaussian_sample(
                 process, denoise, x, t, s, steps=corrector_steps, snr=snr, generator=generator
             )
     ids = rounder.round(x0_hat) if rounder is not None else None
+    if ids is not None and known is not None:
+        ids = torch.where(known.mask.to(ids.device), known.ids.to(ids.device), ids)
     return SampleOutput(ids=ids, x0=x0_hat, trajectory=trajectory, nfe=nfe)

@@ -189,6 +189,28 @@ def encode(
     return ids, num_truncated
 
 
+def encode_pairs(
+    tok: PreTrainedTokenizerFast,
+    conditions: Sequence[str],
+    texts: Sequence[str],
+    condition_len: int,
+    seq_len: int,
+) -> tuple[torch.LongTensor, int, int]:
+    """Encode (condition, text) pairs to the data-to-text layout: the condition as
+    :func:`encode` makes it over the first ``condition_len`` positions, the text over the other
+    ``seq_len - condition_len``, each ended by ``[EOS]`` and padded.
+
+    Returns:
+        ``(ids, conditions_cut, texts_cut)``: ids ``(B, seq_len)`` and how many conditions and
+        texts were cut to fit.
+    """
+    if len(conditions) != len(texts):
+        raise TokenizerError(f"{len(conditions)} conditions for {len(texts)} texts")
+    cond, cut_c = encode(tok, conditions, condition_len)
+    text, cut_t = encode(tok, texts, seq_len - condition_len)
+    return torch.cat([cond, text], dim=1), cut_c, cut_t
+
+
 def decode(tok: PreTrainedTokenizerFast, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
     """Rows of ids back to text: stop at the first ``[EOS]``, drop ``[PAD]`` and ``[MASK]``.
 

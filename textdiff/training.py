@@ -49,6 +49,7 @@ from .checkpoint import (
 )
 from .config import ExperimentConfig
 from .data import DataError, build_tokenizer, iter_texts, load_text_splits, tokenize_split
+from .guidance import condition_positions, drop_conditions
 from .modeling import make_config, model_class
 from .pipeline import TextDiffusionPipeline, bf16_supported, build_process
 from .tokenization import load_tokenizer
@@ -94,6 +95,9 @@ class _Denoiser:
 
     def logits(self, x: Tensor) -> Tensor:
         return self.module.logits(x)
+
+    def word_table(self) -> Tensor:
+        return self.module.word_table()
 
     def __call__(self, *args, **kwargs):
         return self.prepared(*args, **kwargs)
@@ -147,20 +151,34 @@ def _batches(split, cfg, epoch: int, start: int, rank: int, world: int):
 
 @torch.no_grad()
 def evaluate_batches(
-    process, model, batches: list[Tensor], *, seed: int, pad_id: int, rounder=None
+    process,
+    model,
+    batches: list[Tensor],
+    *,
+    seed: int,
+    pad_id: int,
+    rounder=None,
+    condition_len: int = 0,
 ) -> dict:
     """Mean loss terms and accuracy of the denoiser's token prediction at the process's
-    ``eval_times`` over the real tokens (not padding), on fixed batches with fixed noise, so
-    evaluations at different steps compare."""
+    ``eval_times`` over the real tokens (not padding; not the condition part of a data-to-text
+    model), on fixed batches with fixed noise, so evaluations at different steps compare."""
     gen = torch.Generator().manual_seed(seed)
     sums: dict[str, float] = {}
+
+    def clean(batch: Tensor) -> dict:
+        return {"clean": condition_positions(*batch.shape, condition_len, batch.device)}
+
+    extra = clean if condition_len else lambda batch: {}
     for batch in batches:
-        for k, v in process.loss(model, batch, generator=gen).floats().items():
+        for k, v in process.loss(model, batch, generator=gen, **extra(batch)).floats().items():
             sums[k] = sums.get(k, 0.0) + v / len(batches)
     for t in process.eval_times:
         hits = total = 0
         for batch in batches:
-            pred, where = process.predict_ids(model, batch, t, rounder=rounder, generator=gen)
+            pred, where = process.predict_ids(
+                model, batch, t, rounder=rounder, generator=gen, **extra(batch)
+            )
             where = where & (batch != pad_id)
             hits += ((pred == batch) & where).sum().item()
             total += where.sum().item()
@@ -200,20 +218,27 @@ def train(
     set_seed(tc.seed + accelerator.process_index)
 
     tok_dir = out / "tokenizer"
+    C = cfg.process.condition_len
     if resume and (tok_dir / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(str(tok_dir))
     else:
+        columns = ("condition", "text") if C else ("text",)  # data-to-text: MR words too
         tokenizer = build_tokenizer(
-            cfg.data, iter_texts(splits["train"], 1_000_000 if cfg.data.streaming else None)
+            cfg.data,
+            iter_texts(splits["train"], 1_000_000 if cfg.data.streaming else None, columns),
         )
         if main:
             write_folder(tok_dir, tokenizer.save_pretrained)
     accelerator.wait_for_everyone()
     L = cfg.model.seq_len
-    train_split = tokenize_split(splits["train"], tokenizer, L, cfg.data.packing, name="train")
+    train_split = tokenize_split(
+        splits["train"], tokenizer, L, cfg.data.packing, name="train", condition_len=C
+    )
     val_name = next((s for s in ("validation", "valid", "test") if s in splits), None)
     val_split = (
-        tokenize_split(splits[val_name], tokenizer, L, cfg.data.packing, name=val_name)
+        tokenize_split(
+            splits[val_name], tokenizer, L, cfg.data.packing, name=val_name, condition_len=C
+        )
         if val_name
         else None
     )
@@ -288,10 +313,18 @@ def train(
                 seed=tc.seed,
                 pad_id=tokenizer.pad_token_id,
                 rounder=pipe.rounder,
+                condition_len=C,
             )
         if tc.eval_samples:
             steps = min(cfg.sample.steps, 100, pipe.max_steps or 100)
-            record["samples"] = pipe.generate(tc.eval_samples, seed=tc.seed, num_steps=steps)
+            n, conditions = tc.eval_samples, None
+            if C:  # data-to-text: sentences for the first distinct MRs of the validation split
+                conditions = list(dict.fromkeys((val_split or train_split).cond))[:n]
+                record["sample_conditions"] = conditions
+                n = len(conditions)
+            record["samples"] = pipe.generate(
+                n, seed=tc.seed, num_steps=steps, condition=conditions
+            )
         module.train()
         log({"step": step, "split": "valid", **record})
         return record
@@ -320,10 +353,13 @@ def train(
             step_loss = 0.0
             for _ in range(tc.grad_accum):
                 epoch, index, batch = next(stream)
+                batch, extra = batch.to(accelerator.device), {}
+                if C:  # partial noising; condition dropout for classifier-free guidance
+                    p, null = cfg.process.condition_dropout, tokenizer.mask_token_id
+                    batch = drop_conditions(batch, C, null, p, generator=noise_gen)
+                    extra["clean"] = condition_positions(*batch.shape, C, batch.device)
                 with accelerator.accumulate(prepared), accelerator.autocast():
-                    terms = process.loss(
-                        denoiser, batch.to(accelerator.device), generator=noise_gen
-                    )
+                    terms = process.loss(denoiser, batch, generator=noise_gen, **extra)
                     accelerator.backward(terms.loss)
                     if accelerator.sync_gradients and tc.clip_grad > 0:
                         accelerator.clip_grad_norm_(prepared.parameters(), tc.clip_grad)

@@ -1,0 +1,453 @@
+"""Conditional generation: infilling templates, partial noising (data-to-text), classifier-free
+guidance, and the E2E BLEU / slot-error evaluation."""
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from textdiff.absorbing import MaskProcess
+from textdiff.cli import main
+from textdiff.config import ConfigError, ModelConfig, ProcessConfig, SampleConfig, load_config
+from textdiff.e2e import (
+    corpus_bleu,
+    detokenize,
+    parse_mr,
+    read_references,
+    slot_error_rate,
+    slot_errors,
+    to_source_mr,
+)
+from textdiff.gaussian import GaussianProcess
+from textdiff.guidance import GuidedDenoiser, condition_positions, drop_conditions
+from textdiff.modeling import TextDiffusionConfig, TextDiffusionModel
+from textdiff.pipeline import TextDiffusionPipeline
+from textdiff.template import TemplateError, parse_template
+from textdiff.tokenization import train_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = [
+    "The Eagle is a coffee shop near Burger King .",
+    "Loch Fyne serves cheap Indian food in the riverside area .",
+    "name : The Eagle | Type : pub | food : Japanese",
+    "name : Loch Fyne | food : Indian | price : cheap",
+]
+MR_A = "name : The Eagle | Type : pub | food : Japanese"
+MR_B = "name : Loch Fyne | food : Indian | price : cheap"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(TEXTS, min_frequency=1)
+
+
+def random_pipe(tok, noise="gaussian", condition_len=0, seq_len=20, **process):
+    """A randomly initialised tiny model: what it preserves cannot come from training."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=len(tok),
+        seq_len=seq_len,
+        embed_dim=8,
+        pos_dim=8,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        dropout=0.0,
+        output="embedding" if noise == "gaussian" else "logits",
+    )
+    pc = ProcessConfig(
+        noise=noise,
+        schedule="sqrt" if noise == "gaussian" else "linear",
+        num_steps=100,
+        condition_len=condition_len,
+        **process,
+    )
+    ids = dict(pad_token_id=0, eos_token_id=1, mask_token_id=tok.mask_token_id)
+    config = TextDiffusionConfig.from_parts(cfg, pc, SampleConfig(steps=8), **ids)
+    return TextDiffusionPipeline(TextDiffusionModel(config), tok)
+
+
+# ------------------------------------------------------------------------------- templates
+
+
+@pytest.mark.parametrize(
+    "template, match",
+    [
+        ("The Eagle is a", "list of known text"),
+        ([], "empty"),
+        (["The Eagle", True], "bool"),
+        (["The Eagle", 2.5], "float"),
+        (["The Eagle", 0], "≥ 1"),
+        (["The Eagle", "  ", 2], "empty text"),
+        (["The Eagle is a pub"], "no span"),
+        (["The Eagle [EOS]", 2], r"special token"),
+        (["The Falcon is", 2], r"'Falcon' not in the model's vocabulary"),
+        (["The Eagle", 30], r"more than the 20"),
+    ],
+)
+def test_invalid_templates_are_refused_with_the_reason(tok, template, match):
+    with pytest.raises(TemplateError, match=match):
+        parse_template(template, tok, 20)
+    with pytest.raises(TemplateError, match=match):  # the same through generate
+        random_pipe(tok).generate(1, template=template)
+
+
+def test_template_layout(tok):
+    t = parse_template(["The Eagle is a", 2, "pub ."], tok, 12)
+    assert t.length == 8 and t.ids.shape == t.known.shape == (12,)
+    assert t.known.tolist() == [True] * 4 + [False] * 2 + [True] * 6
+    assert t.ids[8] == tok.eos_token_id and (t.ids[9:] == tok.pad_token_id).all()
+
+
+@pytest.mark.parametrize(
+    "noise, sampler",
+    [("gaussian", "ddpm"), ("gaussian", "ddim"), ("gaussian", "pc"), ("mask", None)],
+)
+@pytest.mark.parametrize(
+    "template",
+    [
+        ["The Eagle is a", 3, "near Burger King ."],  # infilling
+        ["Loch Fyne serves", 5],  # prefix
+        [4, "in the riverside area ."],  # suffix
+    ],
+)
+def test_known_words_are_exactly_preserved(tok, noise, sampler, template):
+    pipe = random_pipe(tok, noise)
+    t = parse_template(template, tok, pipe.seq_len)
+    out = pipe.generate(5, num_steps=6, sampler=sampler, template=template, return_ids=True)
+    assert torch.equal(out.ids[:, t.known], t.ids[t.known].expand(5, -1))  # [EOS], [PAD] too
+    for text in out.texts:
+        if isinstance(template[0], str):
+            assert text.startswith(template[0])
+        if isinstance(template[-1], str):
+            assert text.endswith(template[-1])
+        if len(template) == 3:
+            assert f" {template[2]}" in text
+
+
+def test_gaussian_known_positions_are_re_noised_to_the_current_time(tok):
+    """The network sees q(h_t | E[w]) at known positions: (x − √ᾱ E[w]) / √(1−ᾱ) ~ N(0, I)."""
+    pipe = random_pipe(tok)
+    t = parse_template(["The Eagle is a", 3, "near Burger King ."], tok, pipe.seq_len)
+    seen = []
+    model = pipe.model
+    original = model.forward
+
+    def spy(x_t, t_, *args, **kwargs):
+        seen.append((x_t.detach().clone(), t_.detach().clone()))
+        return original(x_t, t_, *args, **kwargs)
+
+    model.forward = spy
+    try:
+        pipe.generate(64, num_steps=5, template=["The Eagle is a", 3, "near Burger King ."])
+    finally:
+        del model.forward
+    E = model.embed(t.ids)[t.known]  # (K, d)
+    for x, tt in seen:
+        a = pipe.process.alpha_bar(tt[0].double()).float()
+        z = (x[:, t.known] - a.sqrt() * E) / (1 - a).sqrt()  # (64, K, d)
+        assert abs(z.mean()) < 0.05 and abs(z.std() - 1) < 0.05
+
+
+# ---------------------------------------------------------------------- partial noising
+
+
+class Exact:
+    """Returns the clean embeddings at noised positions and junk at clean ones, and records
+    what it was given."""
+
+    def __init__(self, table, ids, clean):
+        self.table, self.ids, self.clean = table, ids, clean
+        self.embed_dim, self.device, self.inputs = table.shape[1], table.device, []
+
+    def embed(self, ids):
+        return self.table[ids]
+
+    def logits(self, x):
+        return (
+            -torch.cdist(x.reshape(-1, x.shape[-1]), self.table).pow(2).reshape(*x.shape[:-1], -1)
+            * 100
+        )
+
+    def __call__(self, x_t, t):
+        self.inputs.append(x_t)
+        reps = x_t.shape[0] // self.ids.shape[0]  # the bound runs two copies of the batch
+        x0 = self.table[self.ids].repeat(reps, 1, 1)
+        return torch.where(self.clean.repeat(reps, 1)[..., None], x0 + 5.0, x0)
+
+
+def test_gaussian_partial_noising_keeps_the_condition_clean_and_out_of_the_loss():
+    gen = torch.Generator().manual_seed(0)
+    table = 3 * torch.randn(20, 8, generator=gen)
+    ids = torch.randint(0, 20, (6, 10), generator=gen)
+    clean = condition_positions(6, 10, 4)
+    model = Exact(table, ids, clean)
+    p = GaussianProcess("sqrt", num_steps=200)
+    terms = p.loss(model, ids, generator=gen, clean=clean).floats()
+    x_t = model.inputs[-1]
+    assert torch.equal(x_t[:, :4], table[ids][:, :4])  # clean: x_t = x0
+    assert not torch.allclose(x_t[:, 4:], table[ids][:, 4:])  # the rest is noised
+    assert terms["mse"] == 0.0  # the junk at clean positions costs nothing
+    assert p.loss(model, ids, generator=gen).floats()["mse"] > 1.0  # ... but would without
+    bound = p.nll_bound(model, ids, num_t=3, generator=gen, clean=clean)
+    assert float(bound.terms["diffusion"].abs().max()) == 0.0
+    pred, where = p.predict_ids(model, ids, 0.5, rounder=_Round(table), generator=gen, clean=clean)
+    assert torch.equal(where, ~clean) and torch.equal(pred[where], ids[where])
+
+
+class _Round:
+    def __init__(self, table):
+        self.table = table
+
+    def round(self, x):
+        return torch.cdist(x.reshape(-1, x.shape[-1]), self.table).argmin(-1).view(x.shape[:-1])
+
+
+class KnowsExceptCondition:
+    """Mask-mode model: certain of the true token at noised positions, uniform at clean ones."""
+
+    embed_dim, device = 4, torch.device("cpu")
+
+    def __init__(self, ids, clean, vocab):
+        self.ids, self.clean, self.vocab = ids, clean, vocab
+
+    def embed(self, ids):
+        return torch.zeros(*ids.shape, 4)
+
+    def __call__(self, x, t):
+        out = torch.full((*x.shape[:2], self.vocab), -1e4).scatter(-1, self.ids[..., None], 0.0)
+        return torch.where(self.clean[..., None], torch.zeros_like(out), out)
+
+
+def test_mask_partial_noising_never_masks_the_condition_and_leaves_it_out_of_the_loss():
+    V, mask = 12, 11
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 11, (8, 10), generator=gen)
+    ids[:2, :4] = mask  # the null condition: [MASK] ids, still clean
+    clean = condition_positions(8, 10, 4)
+    p = MaskProcess("linear", mask_id=mask)
+    model = KnowsExceptCondition(ids, clean, V)
+    t = torch.full((8,), 0.99, dtype=torch.float64)
+    terms = p.loss(model, ids, generator=gen, t=t, clean=clean).floats()
+    assert terms["loss"] == pytest.approx(0.0, abs=1e-6) and terms["mask_fraction"] > 0.8
+    without = KnowsExceptCondition(ids[2:], clean[2:], V)  # no [MASK] ids: the loss is finite
+    assert p.loss(without, ids[2:], generator=gen, t=t[2:]).floats()["loss"] > 0.5
+    _, masked = p.predict_ids(model, ids, 0.99, generator=gen, clean=clean)
+    assert not masked[:, :4].any() and masked[:, 4:].any()
+    bound = p.nll_bound(model, ids, num_t=2, generator=gen, clean=clean)
+    assert float(bound.total.max()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_condition_dropout_replaces_whole_conditions():
+    ids = torch.arange(200).view(20, 10)
+    out = drop_conditions(ids, 4, -1, 0.5, generator=torch.Generator().manual_seed(0))
+    dropped = (out[:, :4] == -1).all(1)
+    assert ((out[:, :4] == -1).any(1) == dropped).all() and 0 < dropped.sum() < 20
+    assert torch.equal(out[:, 4:], ids[:, 4:]) and torch.equal(out[~dropped], ids[~dropped])
+    assert drop_conditions(ids, 4, -1, 0.0) is ids
+
+
+# ------------------------------------------------------------------------------- guidance
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "mask"])
+def test_guidance_zero_is_sampling_with_the_null_condition(tok, noise):
+    pipe = random_pipe(tok, noise, condition_len=12, seq_len=24, condition_dropout=0.1)
+    null = pipe.generate(4, num_steps=6, seed=3, return_ids=True)
+    zero = pipe.generate(
+        4, num_steps=6, seed=3, condition=MR_A, guidance_scale=0.0, return_ids=True
+    )
+    assert torch.equal(zero.ids, null.ids) and zero.texts == null.texts
+    cond = pipe.generate(4, num_steps=6, seed=3, condition=MR_A, return_ids=True)
+    guided = pipe.generate(4, num_steps=6, seed=3, condition=MR_A, guidance_scale=3.0)
+    assert len(guided) == 4 and cond.ids.shape == (4, 12)
+
+
+def test_guided_output_mixes_conditional_and_null_predictions(tok):
+    pipe = random_pipe(tok, condition_len=6, seq_len=12)
+    model, B, L = pipe.model, 3, 12
+    where = condition_positions(B, L, 6)
+    null_ids = torch.full((B, L), tok.mask_token_id)
+    x = torch.randn(B, L, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.full((B,), 0.4)
+    with torch.no_grad():
+        cond = model(x, t)
+        uncond = model(torch.where(where[..., None], model.embed(null_ids), x), t)
+        for s in (0.0, 1.0, 2.5):
+            out = GuidedDenoiser(model, null_ids, where, s)(x, t)
+            assert torch.allclose(out, uncond + s * (cond - uncond), atol=1e-5)
+
+
+def test_conditioning_requests_are_checked(tok):
+    plain = random_pipe(tok)
+    with pytest.raises(ValueError, match="trained without conditions"):
+        plain.generate(1, condition=MR_A)
+    with pytest.raises(ValueError, match="trained without conditions"):
+        plain.generate(1, guidance_scale=2.0)
+    cond = random_pipe(tok, condition_len=12, seq_len=24)
+    with pytest.raises(ValueError, match="one per sample"):
+        cond.generate(3, condition=[MR_A, MR_B])
+    with pytest.raises(ValueError, match="needs a condition"):
+        cond.generate(1, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="finite number ≥ 0"):
+        cond.generate(1, condition=MR_A, guidance_scale=-1.0)
+    with pytest.raises(ValueError, match="seq_len"):
+        cond.generate(1, condition=MR_A, seq_len=20)
+    with pytest.raises(ConfigError, match="condition_len"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["process.condition_len=31"])
+
+
+def test_template_and_condition_together(tok):
+    pipe = random_pipe(tok, "mask", condition_len=12, seq_len=24)
+    out = pipe.generate(2, num_steps=4, condition=[MR_A, MR_B], template=["The Eagle", 2, "."])
+    assert all(t.startswith("The Eagle") and t.endswith(".") for t in out)
+
+
+# --------------------------------------------------------------------- data-to-text training
+
+
+@pytest.fixture(scope="module")
+def data2text(tmp_path_factory, e2e_dir):
+    from textdiff.training import train
+
+    out = tmp_path_factory.mktemp("d2t") / "run"
+    cfg = load_config(
+        ROOT / "configs" / "e2e-data2text.yaml",
+        [
+            f"train.output_dir={out}",
+            "model.seq_len=64",
+            "model.hidden_size=32",
+            "model.num_layers=1",
+            "model.num_heads=2",
+            "process.condition_len=40",
+            "process.num_steps=100",
+            "data.max_train_samples=200",
+            "data.min_frequency=1",
+            "train.batch_size=8",
+            "train.max_steps=6",
+            "train.warmup_steps=2",
+            "train.eval_every=6",
+            "train.eval_batches=1",
+            "train.eval_samples=2",
+            "train.save_every=6",
+            "train.log_every=3",
+            "sample.steps=5",
+        ],
+    )
+    return train(cfg, progress=False)
+
+
+def test_data2text_run_conditions_on_the_mr(data2text):
+    pipe = TextDiffusionPipeline.from_pretrained(data2text.model_dir)
+    assert pipe.condition_len == 40 and pipe.model.config.process["condition_dropout"] > 0
+    assert {"name", ":", "|"} <= set(pipe.tokenizer.get_vocab())  # the tokenizer saw the MRs
+    seen = []
+    original = pipe.model.forward
+    pipe.model.forward = lambda x_t, t, *a, **k: (
+        seen.append(x_t.clone()) or original(x_t, t, *a, **k)
+    )
+    try:
+        a = pipe.generate(4, num_steps=5, seed=0, condition=MR_A, return_ids=True)
+    finally:
+        del pipe.model.forward
+    mr_ids = pipe.tokenizer(MR_A, add_special_tokens=False)["input_ids"]
+    E = pipe.model.embed(torch.tensor(mr_ids))
+    assert all(torch.equal(x[:, : len(mr_ids)], E.expand(4, -1, -1)) for x in seen)  # clean
+    b = pipe.generate(4, num_steps=5, seed=0, condition=MR_B, return_ids=True)
+    again = pipe.generate(4, num_steps=5, seed=0, condition=MR_A, return_ids=True)
+    assert a.ids.shape == (4, 24) and a.x0.shape[1] == 24
+    assert torch.equal(again.x0, a.x0) and not torch.allclose(a.x0, b.x0)
+    valid = [r for r in _records(data2text.output_dir) if r["split"] == "valid"][-1]
+    assert len(valid["samples"]) == len(valid["sample_conditions"]) == 2
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_evaluate_data2text_on_the_e2e_test_set(data2text, e2e_dir):
+    pytest.importorskip("sacrebleu")
+    from textdiff.e2e import evaluate_data2text
+
+    pipe = TextDiffusionPipeline.from_pretrained(data2text.model_dir)
+    zip_path = Path(e2e_dir) / "e2e-dataset-v1.0.0.zip"
+    report = evaluate_data2text(pipe, zip_path, limit=4, num_steps=3)
+    assert report["test_mrs"] == 4 and 0 <= report["bleu"] <= 100 and report["tgen_bleu"] == 65.93
+    assert 0 <= report["slot_error_rate"] <= 1 and len(report["examples"]) == 4
+
+
+def test_cli_template_errors_are_one_line(data2text, capsys):
+    model = str(data2text.model_dir)
+    for bad in ("[The Eagle", '["The Eagle", 0]'):
+        assert main(["generate", model, "--template", bad, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err
+    code = main(["generate", model, "-n", "2", "--steps", "3", "--quiet", "--condition", MR_A])
+    assert code == 0 and len(capsys.readouterr().out.strip().splitlines()) == 2
+
+
+# ------------------------------------------------------------------------ BLEU and slot errors
+
+
+def test_mr_formats_and_slot_errors():
+    release = "name[The Eagle], eatType[pub], priceRange[£20-25], customer rating[5 out of 5]"
+    source = "name : The Eagle | Type : pub | price : £ 20 - 25 | customer rating : 5 out of 5"
+    assert [a for a, _ in parse_mr(release)] == [a for a, _ in parse_mr(source)]
+    assert to_source_mr(release) == source and to_source_mr(source) == source
+    full = "The Eagle is a pub with a 5 star rating and prices of £ 20 - 25 ."
+    assert slot_errors(release, full) == []
+    assert slot_errors(release, "The Eagle is a restaurant .") == [
+        "eatType[pub]",
+        "priceRange[£20-25]",
+        "customer rating[5 out of 5]",
+    ]
+    family = "name[Zizzi], familyFriendly[no]"
+    assert slot_errors(family, "Zizzi is not for children .") == []
+    assert slot_errors(family, "zizzi .") == ["familyFriendly[no]"]  # case-insensitive name
+    rate = slot_error_rate([release, family], [full, "Zizzi ."])
+    assert rate["slots"] == 6 and rate["missing"] == 1 and rate["slot_error_rate"] == 1 / 6
+    assert detokenize("prices of £ 20 - 25 .") == "prices of £20 - 25 ."
+
+
+def test_multi_reference_bleu():
+    pytest.importorskip("sacrebleu")
+    refs = [["The Eagle is a pub.", "A pub called The Eagle."], ["Zizzi serves Indian food."]]
+    assert corpus_bleu(["A pub called The Eagle.", "Zizzi serves Indian food."], refs)[
+        "bleu"
+    ] == pytest.approx(100.0)
+    lower = corpus_bleu(["the eagle is a pub .", "zizzi serves indian food ."], refs)
+    assert lower["bleu"] == pytest.approx(100.0) and lower["bleu_cased"] < 50
+    assert "case:lc" in lower["signature"] and "tok:13a" in lower["signature"]
+    worse = corpus_bleu(["The Eagle is a restaurant.", "Zizzi serves food."], refs)["bleu"]
+    assert 0 < worse < 100
+
+
+def test_read_references_groups_by_mr_in_order(tmp_path, e2e_dir):
+    rows = [
+        ("name[A], food[Thai]", "A serves Thai."),
+        ("name[B]", "B."),
+        ("name[A], food[Thai]", "Thai at A."),
+    ]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["mr", "ref"])
+    writer.writerows(rows)
+    path = tmp_path / "release.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("e2e-dataset/testset_w_refs.csv", buf.getvalue())
+    assert read_references(path) == [
+        ("name[A], food[Thai]", ["A serves Thai.", "Thai at A."]),
+        ("name[B]", ["B."]),
+    ]
+    real = read_references(Path(e2e_dir) / "e2e-dataset-v1.0.0.zip")
+    assert len(real) == 630 and sum(len(r) for _, r in real) == 4693
+    source = []
+    for line in (Path(e2e_dir) / "src1_test.txt").read_text(encoding="utf-8").splitlines():
+        mr = line.split("||")[0]
+        if not source or source[-1] != mr:
+            source.append(mr)
+    assert [to_source_mr(mr) for mr, _ in real] == source  # the model reads src1-format MRs
