@@ -120,20 +120,3 @@ def test_self_conditioning_reads_the_previous_estimate():
     assert len(seen) == 4 and torch.all(seen[0] == 0)  # the first step reads zeros ...
     for prev, out in zip(seen[1:], returned[:-1], strict=True):
         assert torch.equal(prev, out)  # ... every later step the x̂_0 of the step before
-
-
-def test_mixture_head_predicts_a_convex_combination_of_word_rows():
-    model = tiny_model(output="mixture").eval()
-    x, t = torch.randn(2, 8, 8), torch.rand(2)
-    out = model(x, t)
-    assert out.shape == (2, 8, 8)
-    seen = []
-    model.head.register_forward_hook(lambda mod, args, output: seen.append(output))
-    model(x, t)
-    expected = seen[0].softmax(-1) @ model.word_embedding.weight
-    assert torch.allclose(out, expected, atol=1e-6)
-    with torch.no_grad():  # a confident head lands exactly on a row
-        model.head.bias.zero_()
-        model.head.weight.zero_()
-        model.head.bias[7] = 1e4
-    assert torch.allclose(model(x, t), model.word_embedding.weight[7].expand(2, 8, 8))

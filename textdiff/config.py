@@ -32,10 +32,9 @@ class ModelConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0  # feed-forward width = mlp_ratio * D
     dropout: float = 0.1
-    # embedding: head D→d, a clean-embedding (or noise) prediction; mixture: head D→V whose
-    # softmax weighs the word rows, x̂_0 = Σ_v p_v E_v (lands exactly on a row when confident);
-    # logits: head D→V, token logits (mask noise). auto: embedding (Gaussian) / logits (mask)
-    output: Literal["auto", "embedding", "mixture", "logits"] = "auto"
+    # embedding: head D→d, a clean-embedding (or noise) prediction; logits: head D→V (mask
+    # noise, or Gaussian noise with process.prediction=posterior); auto: chosen from the process
+    output: Literal["auto", "embedding", "logits"] = "auto"
     readout_scale: float = 1.0  # tied read-out logits = readout_scale · x · Eᵀ
     # the denoiser also reads its own previous x̂_0 (Chen et al., 2022): H_t = [h_t ; x̂_0' ; e]
     self_conditioning: bool = False
@@ -209,21 +208,15 @@ class ExperimentConfig:
     def check(self) -> None:
         for part in (self.model, self.process, self.data, self.train, self.sample):
             part.check()
-        if self.process.noise == "mask" and self.model.output in ("embedding", "mixture"):
+        if self.process.noise == "mask" and self.model.output == "embedding":
             raise ConfigError("process.noise=mask needs model.output=logits (or auto)")
         posterior = self.process.prediction == "posterior"
-        if (
-            self.process.noise == "gaussian"
-            and posterior
-            and self.model.output in ("embedding", "mixture")
-        ):
+        if self.process.noise == "gaussian" and posterior and self.model.output == "embedding":
             raise ConfigError("process.prediction=posterior needs model.output=logits (or auto)")
         if self.process.noise == "gaussian" and not posterior and self.model.output == "logits":
             raise ConfigError(
                 "model.output=logits with Gaussian noise needs process.prediction=posterior"
             )
-        if self.model.output == "mixture" and self.process.prediction != "x0":
-            raise ConfigError("model.output=mixture predicts x0; set process.prediction=x0")
         samplers = SAMPLERS_BY_NOISE[self.process.noise]
         if self.sample.sampler not in samplers:
             raise ConfigError(

@@ -224,8 +224,8 @@ class GaussianProcess(ForwardProcess):
         (``posterior_ce``, the objective of CDCD, Dieleman et al., 2022): it trains the logits
         directly, as masked-language-model training does, and its minimiser's mean row is the
         minimiser of the MSE term. With ``prediction="eps"`` the first term is ``‖ε̂ − ε‖²``,
-        weighted by
-        ``T · ½ (SNR(t − 1/T)/SNR(t) − 1)`` (exact VLB, notes P2.4) if ``eps_weighting="vlb"``.
+        weighted by ``T · ½ (SNR(t − 1/T)/SNR(t) − 1)`` (exact VLB, notes P2.4) if
+        ``eps_weighting="vlb"``.
         Positions where ``clean`` (B, L) is True keep ``x_t = x0`` and every term averages over
         the other positions only (partial noising, DiffuSeq).
         """

@@ -104,7 +104,7 @@ class TextDiffusionModel(PreTrainedModel):
         cfg = config.model_config()
         cfg.check()
         if cfg.output == "auto":
-            raise ValueError("model.output must be resolved to embedding, mixture or logits")
+            raise ValueError("model.output must be resolved to 'embedding' or 'logits'")
         if cfg.vocab_size <= 0:
             raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
         D = cfg.hidden_size
@@ -118,7 +118,6 @@ class TextDiffusionModel(PreTrainedModel):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.ln_out = nn.LayerNorm(D)
-        self.output = cfg.output
         out_dim = cfg.embed_dim if cfg.output == "embedding" else cfg.vocab_size
         self.head = nn.Linear(D, out_dim)
         self._positions: dict[tuple, Tensor] = {}
@@ -168,7 +167,7 @@ class TextDiffusionModel(PreTrainedModel):
         ``x0_prev`` (B, L, d) is the previous clean-embedding estimate for a self-conditioned
         model (zeros when absent; ignored otherwise). ``attention_mask`` (B, L), optional, hides
         positions whose value is False from all others. Returns (B, L, d) or (B, L, V) per
-        ``config.output`` (``mixture`` returns (B, L, d): the softmax-weighted word rows).
+        ``config.output``.
         """
         B, L, _ = x_t.shape
         if L > self.seq_len:
@@ -186,10 +185,7 @@ class TextDiffusionModel(PreTrainedModel):
             bias = bias.masked_fill(~attention_mask.bool()[:, None, None, :], float("-inf"))
         for block in self.blocks:
             h = block(h, bias)
-        out = self.head(self.ln_out(h))
-        if self.output == "mixture":  # x̂_0 = Σ_v softmax(out)_v E_v: (B, L, V) -> (B, L, d)
-            return out.float().softmax(-1) @ self.word_embedding.weight.float()
-        return out
+        return self.head(self.ln_out(h))
 
     def num_flops_per_token(self, training: bool = True) -> float:
         """Matmul FLOPs per token (forward ×3 with backward), attention included."""
@@ -199,8 +195,6 @@ class TextDiffusionModel(PreTrainedModel):
         out_dim = cfg.embed_dim if cfg.output == "embedding" else cfg.vocab_size
         in_dim = cfg.embed_dim * (2 if cfg.self_conditioning else 1) + cfg.pos_dim
         fwd = cfg.num_layers * per_layer + 2 * in_dim * D + 2 * D * out_dim
-        if cfg.output == "mixture":
-            fwd += 2 * cfg.vocab_size * cfg.embed_dim  # softmax(logits) @ E
         return fwd * (3 if training else 1)
 
 
