@@ -120,3 +120,25 @@ def test_self_conditioning_reads_the_previous_estimate():
     assert len(seen) == 4 and torch.all(seen[0] == 0)  # the first step reads zeros ...
     for prev, out in zip(seen[1:], returned[:-1], strict=True):
         assert torch.equal(prev, out)  # ... every later step the x̂_0 of the step before
+
+
+def test_rotary_scores_depend_on_the_offset_only_and_change_the_network():
+    from textdiff.modeling import rotate, sinusoidal_angles
+
+    q, k = torch.randn(16), torch.randn(16)
+    angles = sinusoidal_angles(torch.arange(40), 16)
+    cos, sin = angles.cos().float(), angles.sin().float()
+    qs, ks = rotate(q.expand(40, 16), cos, sin), rotate(k.expand(40, 16), cos, sin)
+    scores = qs @ ks.T  # scores[i, j] for the same q and k placed at positions i and j
+    for offset in (-7, 0, 3):
+        diag = torch.diagonal(scores, offset)
+        torch.testing.assert_close(diag, diag[:1].expand_as(diag), rtol=0, atol=1e-4)
+    assert not torch.allclose(torch.diagonal(scores, 1)[:1], torch.diagonal(scores, 2)[:1])
+    torch.testing.assert_close(rotate(q[None], cos[:1], sin[:1])[0], q)  # position 0: identity
+
+    plain, rotary = tiny_model(), tiny_model(rotary=True)  # same seed: the same weights
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), rotary.parameters()))
+    x, t = torch.randn(2, 8, 8), torch.rand(2)
+    assert not torch.allclose(plain(x, t), rotary(x, t))
+    GaussianProcess("sqrt").loss(rotary, torch.randint(0, 30, (4, 8))).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in rotary.parameters())

@@ -38,6 +38,9 @@ class ModelConfig:
     readout_scale: float = 1.0  # tied read-out logits = readout_scale · x · Eᵀ
     # the denoiser also reads its own previous x̂_0 (Chen et al., 2022): H_t = [h_t ; x̂_0' ; e]
     self_conditioning: bool = False
+    # rotary phases on each head's queries and keys (Su et al., 2021): attention scores see
+    # relative offsets directly; the concatenated sinusoidal e is kept either way
+    rotary: bool = False
 
     def check(self) -> None:
         _positive(
@@ -57,6 +60,11 @@ class ModelConfig:
             )
         if self.pos_dim % 2:
             raise ConfigError(f"model.pos_dim must be even (sin/cos pairs), got {self.pos_dim}")
+        if self.rotary and (self.hidden_size // self.num_heads) % 2:
+            raise ConfigError(
+                "model.rotary needs an even head width (hidden_size / num_heads), got "
+                f"{self.hidden_size // self.num_heads}"
+            )
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 

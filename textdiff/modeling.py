@@ -7,6 +7,9 @@ as a clean-embedding prediction (B, L, d) or token logits (B, L, V). The network
 the noise; the forward process interprets its output. ``logits(x) = s · x · Eᵀ`` is the tied
 read-out of any embedding-space vector.
 
+With ``rotary``, each head's queries and keys are also rotated by their position (Su et al.,
+2021), so attention scores see relative offsets directly; ``e`` stays concatenated either way.
+
 Attention is written as two matmuls (no SDPA): on CPUs with bf16 matmul units this is the form
 whose bf16 backward is fast, and on others it is as fast as SDPA at these lengths.
 """
@@ -25,12 +28,17 @@ from transformers import PretrainedConfig, PreTrainedModel
 from .config import ModelConfig, ProcessConfig, SampleConfig, from_dict
 
 
+def sinusoidal_angles(positions: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """``p ω_k`` for ``k < dim / 2``, ``ω_k = max_period^(−2k/dim)``: (N,) -> (N, dim / 2)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
+    return positions.double()[:, None] * freqs.to(positions.device)[None]
+
+
 def sinusoidal(positions: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     """Transformer sinusoids: ``[sin(p ω_k), cos(p ω_k)]``, ``ω_k = max_period^(−2k/dim)``.
     (N,) -> (N, dim), float32."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
-    angles = positions.double()[:, None] * freqs.to(positions.device)[None]
+    angles = sinusoidal_angles(positions, dim, max_period)
     return torch.cat([angles.sin(), angles.cos()], dim=-1).float()
 
 
@@ -66,6 +74,14 @@ class TextDiffusionConfig(PretrainedConfig):
         return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
 
 
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate each pair ``(x_{2k}, x_{2k+1})`` of the last axis by the angle of its position:
+    ``x`` (..., L, dh), ``cos`` / ``sin`` (L, dh / 2). Then ``rotate(q)_i · rotate(k)_j``
+    depends on ``i − j`` only."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
 class Block(nn.Module):
     """Pre-LN Transformer encoder block, attention as plain matmuls."""
 
@@ -79,10 +95,14 @@ class Block(nn.Module):
         self.fc2 = nn.Linear(int(cfg.mlp_ratio * D), D)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, attn_bias: Tensor | None = None, phases: tuple | None = None
+    ) -> Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).unbind(2)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, H, L, D/H)
+        if phases is not None:
+            q, k = rotate(q, *phases), rotate(k, *phases)
         scores = (q * (D // self.heads) ** -0.5) @ k.transpose(-1, -2)  # (B, H, L, L)
         if attn_bias is not None:
             scores = scores + attn_bias
@@ -112,6 +132,7 @@ class TextDiffusionModel(PreTrainedModel):
         self.readout_scale = cfg.readout_scale
         self.word_embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
         self.self_conditioning = cfg.self_conditioning
+        self.rotary, self.head_dim = cfg.rotary, cfg.hidden_size // cfg.num_heads
         in_dim = cfg.embed_dim * (2 if cfg.self_conditioning else 1) + cfg.pos_dim
         self.in_proj = nn.Linear(in_dim, D)
         self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
@@ -120,7 +141,7 @@ class TextDiffusionModel(PreTrainedModel):
         self.ln_out = nn.LayerNorm(D)
         out_dim = cfg.embed_dim if cfg.output == "embedding" else cfg.vocab_size
         self.head = nn.Linear(D, out_dim)
-        self._positions: dict[tuple, Tensor] = {}
+        self._positions: dict[tuple, Tensor | tuple[Tensor, Tensor]] = {}
         self.post_init()
 
     @torch.no_grad()
@@ -183,9 +204,18 @@ class TextDiffusionModel(PreTrainedModel):
         if attention_mask is not None:
             bias = torch.zeros(B, 1, 1, L, dtype=h.dtype, device=h.device)
             bias = bias.masked_fill(~attention_mask.bool()[:, None, None, :], float("-inf"))
+        phases = self.rotary_phases(L, h.device, h.dtype) if self.rotary else None
         for block in self.blocks:
-            h = block(h, bias)
+            h = block(h, bias, phases)
         return self.head(self.ln_out(h))
+
+    def rotary_phases(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple:
+        """Cached ``(cos, sin)`` of the rotary angles, (L, head_dim / 2) each."""
+        key = ("rotary", length, device, dtype)
+        if key not in self._positions:
+            angles = sinusoidal_angles(torch.arange(length, device=device), self.head_dim)
+            self._positions[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
+        return self._positions[key]
 
     def num_flops_per_token(self, training: bool = True) -> float:
         """Matmul FLOPs per token (forward ×3 with backward), attention included."""
