@@ -73,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     scores = {}
     for s in args.guidance:
         report = evaluate_data2text(
-            pipe, zip_path, limit=mrs, num_steps=steps, seed=args.seed, guidance_scale=s
+            pipe,
+            zip_path,
+            limit=mrs,
+            num_steps=steps,
+            seed=args.seed,
+            guidance_scale=s,
+            progress=True,
         )
         scores[f"{s:g}"] = report
         ser, human = report["slot_error_rate"], report["reference_slot_error_rate"]
