@@ -137,7 +137,8 @@ def test_rotary_scores_depend_on_the_offset_only_and_change_the_network():
     torch.testing.assert_close(rotate(q[None], cos[:1], sin[:1])[0], q)  # position 0: identity
 
     plain, rotary = tiny_model(), tiny_model(rotary=True)  # same seed: the same weights
-    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), rotary.parameters()))
+    pairs = zip(plain.parameters(), rotary.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     x, t = torch.randn(2, 8, 8), torch.rand(2)
     assert not torch.allclose(plain(x, t), rotary(x, t))
     GaussianProcess("sqrt").loss(rotary, torch.randint(0, 30, (4, 8))).loss.backward()
