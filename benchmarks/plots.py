@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from presets import LABELS
+from report import _get
 
 
 def plots(r: dict, out: Path) -> list[Path]:
@@ -76,11 +77,3 @@ def _save(fig, path: Path) -> Path:
 
     plt.close(fig)
     return path
-
-
-def _get(d: dict | None, *keys, default=None):
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return default
-        d = d[k]
-    return d

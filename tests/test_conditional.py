@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Oracle
 
 from textdiff.absorbing import MaskProcess
 from textdiff.cli import main
@@ -156,22 +157,13 @@ def test_gaussian_known_positions_are_re_noised_to_the_current_time(tok):
 # ---------------------------------------------------------------------- partial noising
 
 
-class Exact:
+class Exact(Oracle):
     """Returns the clean embeddings at noised positions and junk at clean ones, and records
     what it was given."""
 
     def __init__(self, table, ids, clean):
-        self.table, self.ids, self.clean = table, ids, clean
-        self.embed_dim, self.device, self.inputs = table.shape[1], table.device, []
-
-    def embed(self, ids):
-        return self.table[ids]
-
-    def logits(self, x):
-        return (
-            -torch.cdist(x.reshape(-1, x.shape[-1]), self.table).pow(2).reshape(*x.shape[:-1], -1)
-            * 100
-        )
+        super().__init__(table, ids)
+        self.clean, self.inputs = clean, []
 
     def __call__(self, x_t, t):
         self.inputs.append(x_t)
