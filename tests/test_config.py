@@ -64,6 +64,8 @@ def test_ints_widen_to_floats_and_null_is_allowed_where_optional(tmp_path):
         ),
         ("train:\n  ema_decay: 1.5\n", r"\[0, 1\)"),
         ("process:\n  num_steps: 100\nsample:\n  steps: 200\n", "at most 100 steps"),
+        ("sample:\n  top_p: 0.9\n", "top_p applies to mask noise"),
+        ("process:\n  prediction: x0\nsample:\n  temperature: 0.5\n", "prediction=posterior"),
     ],
 )
 def test_invalid_values_are_refused(tmp_path, text, match):

@@ -169,3 +169,31 @@ def test_posterior_prediction_lands_on_rows_at_low_noise_and_follows_logits_at_h
     logits = torch.randn(4, 9, 50, generator=gen)
     expected = logits.softmax(-1) @ table  # at t = 1 the evidence is gone
     assert torch.allclose(p.predict_x0(logits, x_1, 1.0, table), expected, atol=0.05)
+
+
+def test_posterior_temperature_interpolates_between_the_mean_row_and_the_argmax_row():
+    p = GaussianProcess("sqrt", prediction="posterior")
+    gen = torch.Generator().manual_seed(7)
+    table = torch.randn(30, 8, generator=gen)
+    x_t = torch.randn(3, 5, 8, generator=gen)
+    logits = torch.randn(3, 5, 30, generator=gen)
+    t = 0.6
+    assert torch.equal(
+        p.predict_x0(logits, x_t, t, table, temperature=1.0), p.predict_x0(logits, x_t, t, table)
+    )
+    full = logits + p.evidence_logits(x_t, t, table)
+    argmax_row = table[full.argmax(-1)]
+    cold = p.predict_x0(logits, x_t, t, table, temperature=1e-4)
+    assert torch.allclose(cold, argmax_row, atol=1e-5)
+    half = p.predict_x0(logits, x_t, t, table, temperature=0.5)
+    assert torch.allclose(half, (2 * full).softmax(-1) @ table, atol=1e-5)
+    # sharper is closer to the argmax row, position by position
+    warm = p.predict_x0(logits, x_t, t, table)
+    assert ((half - argmax_row).norm(dim=-1) <= (warm - argmax_row).norm(dim=-1) + 1e-6).all()
+
+
+def test_temperature_needs_a_posterior_to_sharpen():
+    p = GaussianProcess("sqrt", prediction="x0")
+    x = torch.zeros(1, 2, 4)
+    with pytest.raises(ValueError, match="prediction='posterior'"):
+        p.predict_x0(x, x, 0.5, temperature=0.5)

@@ -122,6 +122,29 @@ def test_self_conditioning_reads_the_previous_estimate():
         assert torch.equal(prev, out)  # ... every later step the x̂_0 of the step before
 
 
+def test_sampling_temperature_reaches_every_step_of_a_posterior_model():
+    model = tiny_model(output="logits").eval()
+    p = GaussianProcess("sqrt", prediction="posterior")
+    table = model.word_table().detach()
+    on_rows = []
+    for temperature in (1.0, 1e-6):
+        out = p.sample(
+            model,
+            (4, 8),
+            steps=5,
+            rounder=Rounder(table),
+            temperature=temperature,
+            return_trajectory=True,
+            generator=torch.Generator().manual_seed(0),
+        )
+        rounder = Rounder(table)
+        on_rows.append(
+            [torch.allclose(x, table[rounder.round(x)], atol=1e-4) for x in out.trajectory]
+        )
+    assert not on_rows[0][0]  # at t = 1 the posterior mean falls between the word rows ...
+    assert all(on_rows[1])  # ... a near-zero temperature picks a row at every step
+
+
 def test_rotary_scores_depend_on_the_offset_only_and_change_the_network():
     from textdiff.modeling import rotate, sinusoidal_angles
 

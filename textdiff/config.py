@@ -189,7 +189,7 @@ class SampleConfig:
     sampler: str = "auto"  # gaussian: ddpm | ddim | pc; mask: ancestral; auto: ddpm / ancestral
     steps: int = 200
     clamp: bool = False  # snap x̂_0 to the nearest word row at every step (Gaussian)
-    temperature: float = 1.0  # mask mode
+    temperature: float = 1.0  # mask; Gaussian with prediction=posterior (sharpens x̂_0)
     top_p: float = 1.0  # mask mode
 
     def check(self) -> None:
@@ -239,6 +239,13 @@ class ExperimentConfig:
             )
         if self.sample.clamp and self.process.noise != "gaussian":
             raise ConfigError("sample.clamp applies to Gaussian noise only")
+        if self.process.noise == "gaussian":
+            if self.sample.top_p != 1.0:
+                raise ConfigError("sample.top_p applies to mask noise; leave it at 1")
+            if self.sample.temperature != 1.0 and self.process.prediction != "posterior":
+                raise ConfigError(
+                    "sample.temperature with Gaussian noise needs process.prediction=posterior"
+                )
         C = self.process.condition_len
         if C and C > self.model.seq_len - 2:
             raise ConfigError(

@@ -12,6 +12,8 @@ ends with the rounding term ``−log p_θ(w | h_0)``.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -160,7 +162,12 @@ class GaussianProcess(ForwardProcess):
         return scores / (1 - a)
 
     def predict_x0(
-        self, output: Tensor, x_t: Tensor, t: Tensor | float, table: Tensor | None = None
+        self,
+        output: Tensor,
+        x_t: Tensor,
+        t: Tensor | float,
+        table: Tensor | None = None,
+        temperature: float = 1.0,
     ) -> Tensor:
         """The network's output read as ``x̂_0``, whatever it was trained to predict.
 
@@ -168,27 +175,42 @@ class GaussianProcess(ForwardProcess):
         per-position evidence (:meth:`evidence_logits`), and ``x̂_0 = Σ_v p_v E_v`` is the mean
         word row under that posterior. At low noise the evidence alone names the word, so
         ``x̂_0`` lands on the row; at high noise it fades and the network's context decides.
+        ``temperature`` divides those logits before the softmax (sampling only): below 1 the
+        mean row moves toward the most likely word's row, and as it goes to 0 ``x̂_0`` becomes
+        that row, as with ``clamp``. Other predictions have no posterior to sharpen.
         """
+        if temperature != 1.0 and self.prediction != "posterior":
+            raise ValueError(
+                f"temperature applies to prediction='posterior' models (this one predicts "
+                f"{self.prediction!r}); leave it at 1"
+            )
         if self.prediction == "x0":
             return output
         if self.prediction == "eps":
             return self.x0_from_eps(x_t, output, t)
-        probs = (output.float() + self.evidence_logits(x_t, t, table)).softmax(-1)
-        return probs @ table.float()
+        logits = output.float() + self.evidence_logits(x_t, t, table)
+        return (logits / temperature).softmax(-1) @ table.float()
 
     def denoise(
-        self, model: Denoiser, x_t: Tensor, t: Tensor, x0_prev: Tensor | None = None
+        self,
+        model: Denoiser,
+        x_t: Tensor,
+        t: Tensor,
+        x0_prev: Tensor | None = None,
+        temperature: float = 1.0,
     ) -> Tensor:
         """``x̂_0`` at times ``t`` (B,). A self-conditioned model is given ``x0_prev``, or, when
-        that is None, first its own estimate from zeros (two network calls)."""
+        that is None, first its own estimate from zeros (two network calls). ``temperature``:
+        see :meth:`predict_x0`."""
         t_net = t.float().to(x_t.device)
         table = model.word_table() if self.prediction == "posterior" else None
+        read = partial(self.predict_x0, x_t=x_t, t=t, table=table, temperature=temperature)
         x0_hat = None
         if x0_prev is None:
-            x0_hat = self.predict_x0(model(x_t, t_net).float(), x_t, t, table)
+            x0_hat = read(model(x_t, t_net).float())
         if getattr(model, "self_conditioning", False):
             prev = x0_hat if x0_prev is None else x0_prev
-            x0_hat = self.predict_x0(model(x_t, t_net, x0_prev=prev).float(), x_t, t, table)
+            x0_hat = read(model(x_t, t_net, x0_prev=prev).float())
         return x0_hat
 
     def vlb_weight(self, t: Tensor | float, s: Tensor | float) -> Tensor:
@@ -385,8 +407,8 @@ class GaussianProcess(ForwardProcess):
         :data:`textdiff.samplers.GAUSSIAN_SAMPLERS`; ``options`` go to it. ``known`` tokens are
         held fixed (see :func:`textdiff.samplers.gaussian_sample`).
         """
-        if temperature != 1.0 or top_p != 1.0:
-            raise ValueError("temperature and top_p apply to mask noise only")
+        if top_p != 1.0:
+            raise ValueError("top_p applies to mask noise only; Gaussian models take temperature")
         return gaussian_sample(
             self,
             model,
@@ -399,5 +421,6 @@ class GaussianProcess(ForwardProcess):
             progress=progress,
             return_trajectory=return_trajectory,
             known=known,
+            temperature=temperature,
             **options,
         )

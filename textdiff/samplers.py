@@ -93,11 +93,14 @@ def gaussian_sample(
     snr: float = 0.1,
     constrain: Callable[[Tensor, Tensor], Tensor] | None = None,
     known: Known | None = None,
+    temperature: float = 1.0,
 ) -> SampleOutput:
     """Draw ``shape = (B, L)`` sentences: ``h_1 ~ N(0, I)``, then ``steps`` steps of ``sampler``
     on an even grid from 1 to 0, snapping each ``x̂_0`` to the word table when ``clamp``, and
-    rounding the last ``x̂_0`` with ``rounder``. ``constrain(x_t, t)``, if given, is applied to
-    the latent before every network call.
+    rounding the last ``x̂_0`` with ``rounder``. ``temperature`` sharpens (< 1) the posterior
+    over words of a ``prediction="posterior"`` model at every step
+    (:meth:`textdiff.gaussian.GaussianProcess.predict_x0`). ``constrain(x_t, t)``, if given, is
+    applied to the latent before every network call.
 
     ``known`` tokens ``w`` are held fixed (infilling; conditions): before every network call the
     latent at their positions becomes a fresh draw of ``q(h_t | E[w])`` (DESIGN.md §2, "Forward"),
@@ -135,7 +138,7 @@ def gaussian_sample(
             x = constrain(x, t)
         if known is not None:
             x = impose(x, t)
-        x0_hat = process.denoise(model, x, t.expand(B), x0_prev=prev)
+        x0_hat = process.denoise(model, x, t.expand(B), x0_prev=prev, temperature=temperature)
         x0_hat = rounder.clamp(x0_hat) if clamp else x0_hat
         if known is not None:
             x0_hat = torch.where(held, x0_known, x0_hat)
