@@ -16,16 +16,26 @@ LABELS = {"gaussian": "Gaussian", "mask": "mask", "ar": "AR"}
 
 @dataclass(frozen=True)
 class SweepLine:
-    """One curve of the sampling-steps sweep: a mode, a sampler, clamping on/off, step counts."""
+    """One curve of the sampling-steps sweep: a mode, a sampler, clamping on/off, step counts,
+    and a sampling temperature (``None``: the model's saved default)."""
 
     mode: str
     sampler: str
     steps: tuple[int, ...]
     clamp: bool | None = None
+    temperature: float | None = None
 
     @property
     def label(self) -> str:
-        return f"{LABELS[self.mode]} {self.sampler}" + (" + clamp" if self.clamp else "")
+        clamp = " + clamp" if self.clamp else ""
+        temp = "" if self.temperature is None else f" T={self.temperature:g}"
+        return f"{LABELS[self.mode]} {self.sampler}{clamp}{temp}"
+
+    @property
+    def options(self) -> dict:
+        """The ``generate`` arguments this line sets besides the steps."""
+        chosen = {"clamp": self.clamp, "temperature": self.temperature}
+        return {"sampler": self.sampler, **{k: v for k, v in chosen.items() if v is not None}}
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,9 @@ FULL = Preset(
     sweep_samples=64,
     sweep=(
         SweepLine("gaussian", "ddpm", (10, 25, 50, 100, 200)),
+        SweepLine("gaussian", "ddpm", (50, 200), temperature=1.0),
+        SweepLine("gaussian", "ddpm", (200,), temperature=0.7),
+        SweepLine("gaussian", "ddpm", (200,), temperature=0.3),
         SweepLine("gaussian", "ddim", (10, 25, 50, 100), clamp=False),
         SweepLine("gaussian", "ddim", (10, 25, 50), clamp=True),
         SweepLine("mask", "ancestral", (16, 32, 64, 128)),

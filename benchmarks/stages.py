@@ -228,8 +228,7 @@ def sweep_stage(ctx: Context) -> dict:
         limit = pipes[line.mode].max_steps
         for steps in line.steps:
             if limit is None or steps <= limit:
-                clamp = {} if line.clamp is None else {"clamp": line.clamp}
-                points.append(point(line.label, line.mode, steps, sampler=line.sampler, **clamp))
+                points.append(point(line.label, line.mode, steps, **line.options))
     points.append(point("AR (KV cache)", "ar", None))
     return {
         "samples": n,
