@@ -182,8 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="snap x̂_0 to the word table at every step (Gaussian)",
     )
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-p", type=float)
+    g.add_argument(
+        "--temperature",
+        type=float,
+        help="< 1 sharpens: the posterior over words (Gaussian, prediction=posterior) or the "
+        "token distribution (mask, AR); default: the model's",
+    )
+    g.add_argument("--top-p", type=float, help="nucleus sampling (mask, AR)")
     g.add_argument(
         "--template",
         help='JSON list of known text and span lengths, e.g. \'["The Eagle is a", 4, "."]\'',
