@@ -76,14 +76,19 @@ def run_child(
             env=env,
         )
         code = None
-        while code is None:
-            try:
-                code = proc.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                over = timeout is not None and time.perf_counter() - start > timeout
-                if over or (until is not None and until()):
-                    proc.kill()
-                    code, timed_out = proc.wait(), over
+        try:
+            while code is None:
+                try:
+                    code = proc.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    over = timeout is not None and time.perf_counter() - start > timeout
+                    if over or (until is not None and until()):
+                        proc.kill()
+                        code, timed_out = proc.wait(), over
+        finally:  # the benchmark stopped (Ctrl-C, SIGTERM, an error): never leave a child running
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     data = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None
     return ChildResult(code, time.perf_counter() - start, data, timed_out, log)
 
