@@ -126,18 +126,18 @@ def test_sampling_temperature_reaches_every_step_of_a_posterior_model():
     model = tiny_model(output="logits").eval()
     p = GaussianProcess("sqrt", prediction="posterior")
     table = model.word_table().detach()
+    rounder = Rounder(table)
     on_rows = []
     for temperature in (1.0, 1e-6):
         out = p.sample(
             model,
             (4, 8),
             steps=5,
-            rounder=Rounder(table),
+            rounder=rounder,
             temperature=temperature,
             return_trajectory=True,
             generator=torch.Generator().manual_seed(0),
         )
-        rounder = Rounder(table)
         on_rows.append(
             [torch.allclose(x, table[rounder.round(x)], atol=1e-4) for x in out.trajectory]
         )

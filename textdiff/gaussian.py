@@ -175,9 +175,10 @@ class GaussianProcess(ForwardProcess):
         per-position evidence (:meth:`evidence_logits`), and ``x̂_0 = Σ_v p_v E_v`` is the mean
         word row under that posterior. At low noise the evidence alone names the word, so
         ``x̂_0`` lands on the row; at high noise it fades and the network's context decides.
-        ``temperature`` divides those logits before the softmax (sampling only): below 1 the
-        mean row moves toward the most likely word's row, and as it goes to 0 ``x̂_0`` becomes
-        that row, as with ``clamp``. Other predictions have no posterior to sharpen.
+        ``temperature`` τ divides those logits before the softmax (sampling only),
+        ``x̂_0 = Σ_v softmax((output + evidence) / τ)_v E_v``: below 1 the mean row moves toward
+        the most likely word's row, and as τ → 0 ``x̂_0`` becomes that row (a word row at every
+        step, as ``clamp`` also gives). Other predictions have no posterior to sharpen.
         """
         if temperature != 1.0 and self.prediction != "posterior":
             raise ValueError(
