@@ -10,7 +10,7 @@ Usage::
     python benchmarks/child.py REPORT.json generate MODEL_DIR --samples N --steps S
         [--sampler NAME] [--batch-size B] [--seed K]
 
-``train`` runs ``textdiff train`` (:func:`textdiff.cli.main`) unchanged. ``generate`` loads a
+``train`` runs ``textdiff train`` (:func:`textdiff.infra.cli.main`) unchanged. ``generate`` loads a
 model folder and calls :meth:`TextDiffusionPipeline.generate` once, without the trajectory; its
 report also holds the peak before generation started (after loading), so the memory that
 sampling adds is ``peak_rss_bytes − peak_rss_loaded_bytes``.
@@ -43,7 +43,7 @@ def run_generate(argv: list[str]) -> tuple[int, dict]:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from textdiff.pipeline import TextDiffusionPipeline
+    from textdiff.models.pipeline import TextDiffusionPipeline
 
     pipe = TextDiffusionPipeline.from_pretrained(args.model_dir)
     loaded = peak_rss_bytes()
@@ -75,7 +75,7 @@ def main() -> int:
     code = 1
     try:
         if kind == "train":
-            from textdiff.cli import main as cli_main
+            from textdiff.infra.cli import main as cli_main
 
             code = cli_main(["train", *rest])
         else:

@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from textdiff.config import load_config  # noqa: E402
-from textdiff.e2e import TGEN_BLEU, evaluate_data2text  # noqa: E402
-from textdiff.pipeline import TextDiffusionPipeline  # noqa: E402
-from textdiff.training import train  # noqa: E402
+from textdiff.infra.config import load_config  # noqa: E402
+from textdiff.infra.e2e import TGEN_BLEU, evaluate_data2text  # noqa: E402
+from textdiff.infra.trainer import train  # noqa: E402
+from textdiff.models.pipeline import TextDiffusionPipeline  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

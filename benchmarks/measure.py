@@ -154,7 +154,7 @@ def flops_per_token(config) -> tuple[float, str]:
         matmul_params = layers * (4 * D * D + 2 * D * ff) + D * config.vocab_size
         how = "6·N + 12·n_layer·L·D, N = matmul weights incl. the output head"
         return float(6 * matmul_params + 12 * layers * L * D), how
-    from textdiff.modeling import TextDiffusionModel
+    from textdiff.models.modeling import TextDiffusionModel
 
     with torch.device("meta"):
         model = TextDiffusionModel(config)
@@ -252,7 +252,7 @@ def fingerprint(*parts: Any) -> str:
 
 def machine_info() -> dict[str, Any]:
     """CPU model and flags, cores, library versions and whether bf16 matmuls are native."""
-    from textdiff.pipeline import bf16_supported
+    from textdiff.models.devices import bf16_supported
 
     return {
         "cpu_model": cpu_model(),

@@ -2,10 +2,11 @@
 
 What is measured:
     Exact nearest-neighbour "rounding" of N query vectors to the rows of a word-embedding table
-    ``E`` (V, d), as done by :class:`textdiff.rounding.Rounder` (FAISS ``IndexFlatL2``) and by
-    :func:`textdiff.rounding.torch_nearest` (tiled matmul with a running argmin). The grid is
-    V ∈ {1000, 8000, 30000, 50000} × d ∈ {16, 64, 128}. Table rows are drawn from N(0, 1); each
-    query is a randomly chosen row plus Gaussian noise (std 0.3). N defaults to 16384
+    ``E`` (V, d), as done by :class:`textdiff.diffusion.rounding.Rounder` (FAISS
+    ``IndexFlatL2``) and by :func:`textdiff.diffusion.rounding.torch_nearest` (tiled matmul
+    with a running argmin). The grid is V ∈ {1000, 8000, 30000, 50000} × d ∈ {16, 64, 128}.
+    Table rows are drawn from N(0, 1); each query is a randomly chosen row plus Gaussian noise
+    (std 0.3). N defaults to 16384
     (64 sentences × 64 tokens × 4).
 
 How:
@@ -55,7 +56,7 @@ import faiss
 import numpy as np
 import torch
 
-from textdiff.rounding import Rounder, torch_nearest
+from textdiff.diffusion.rounding import Rounder, torch_nearest
 
 VOCABS = (1000, 8000, 30000, 50000)
 DIMS = (16, 64, 128)
@@ -462,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target {label}: {'HOLDS' if t['holds'] else 'FAILS: ' + failing}")
 
     result = {
-        "benchmark": "rounding: textdiff.rounding.Rounder (FAISS IndexFlatL2) vs torch_nearest",
+        "benchmark": "rounding: textdiff Rounder (FAISS IndexFlatL2) vs torch_nearest",
         "machine": info,
         "settings": {
             **asdict(settings),

@@ -7,10 +7,10 @@ What is measured, in one run, and how:
    are trained, each by ``textdiff train --resume`` in a child process (``benchmarks/child.py``)
    that reports its own peak RSS, into ``benchmarks/work/[quick/|smoke/]<mode>/``. A finished
    run whose ``experiment.yaml`` equals the config asked for is reused.
-2. **evaluate** — :func:`textdiff.evaluation.evaluate_model` on the test split: the NLL bound and
-   perplexity (exact NLL for AR), token accuracy of the denoiser vs ``t``, the round-trip and
-   margins of FAISS rounding, and samples (distinct-n, self-BLEU) scored by the AR model
-   (generative perplexity) next to the AR model's perplexity of real test sentences.
+2. **evaluate** — :func:`textdiff.infra.evaluation.evaluate_model` on the test split: the NLL
+   bound and perplexity (exact NLL for AR), token accuracy of the denoiser vs ``t``, the
+   round-trip and margins of FAISS rounding, and samples (distinct-n, self-BLEU) scored by the
+   AR model (generative perplexity) next to the AR model's perplexity of real test sentences.
 3. **sweep** — generative perplexity, distinct-2 and seconds per 64 sentences vs sampling steps
    for Gaussian DDPM, DDIM (with and without clamping) and mask ancestral sampling, and one point
    for the AR model sampling with its key/value cache; timed with ``time.perf_counter`` after a
@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_data(preset: Preset) -> None:
     """Refuse early, in one message, when the E2E files the configs name are missing."""
-    from textdiff.config import ConfigError, load_config
+    from textdiff.infra.config import ConfigError, load_config
 
     for path, overrides in preset.configs.values():
         try:

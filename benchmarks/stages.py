@@ -26,7 +26,7 @@ from measure import (
 )
 from presets import MODES, Preset
 
-from textdiff.config import ExperimentConfig, load_config
+from textdiff.infra.config import ExperimentConfig, load_config
 
 
 class StageError(RuntimeError):
@@ -154,7 +154,7 @@ def _training_info(
 # -------------------------------------------------------------------------- 2. evaluate
 def evaluate_stage(ctx: Context) -> dict:
     """``evaluate_model`` on the test split for every mode, samples scored by the AR model."""
-    from textdiff.evaluation import evaluate_model
+    from textdiff.infra.evaluation import evaluate_model
 
     ctx.need_models(*MODES)
     p, out = ctx.preset, {}
@@ -185,10 +185,10 @@ def evaluate_stage(ctx: Context) -> dict:
 # ----------------------------------------------------------------------------- 3. sweep
 def sweep_stage(ctx: Context) -> dict:
     """Generative perplexity, distinct-2 and seconds per 64 sentences vs sampling steps."""
-    from textdiff.data import iter_texts, load_text_splits
-    from textdiff.evaluation import perplexity_of_texts
-    from textdiff.metrics import distinct_n
-    from textdiff.pipeline import TextDiffusionPipeline
+    from textdiff.infra.data import iter_texts, load_text_splits
+    from textdiff.infra.evaluation import perplexity_of_texts
+    from textdiff.infra.metrics import distinct_n
+    from textdiff.models.pipeline import TextDiffusionPipeline
 
     ctx.need_models(*MODES)
     n = ctx.preset.sweep_samples
@@ -241,7 +241,7 @@ def sweep_stage(ctx: Context) -> dict:
 # ----------------------------------------------------------------------------- 4. speed
 def speed_stage(ctx: Context) -> dict:
     """Training tokens/s and model FLOP/s in fp32 and bf16 against a matmul peak measured now."""
-    from textdiff.pipeline import bf16_supported
+    from textdiff.models.devices import bf16_supported
 
     p = ctx.preset
     peaks = {}
@@ -270,8 +270,8 @@ def speed_stage(ctx: Context) -> dict:
 def _timed_training(ctx: Context, mode: str, precision: str) -> dict:
     """A short training run of ``mode`` logging every step, stopped once its last step is
     logged (bf16: or at the time cap); its steady tokens/s and model FLOPs per token."""
-    from textdiff.modeling import make_config
-    from textdiff.tokenization import load_tokenizer
+    from textdiff.models.modeling import make_config
+    from textdiff.models.tokenization import load_tokenizer
 
     p, bf16 = ctx.preset, precision == "bf16"
     path, overrides = p.configs[mode]
@@ -402,7 +402,7 @@ def memory_stage(ctx: Context, training: dict) -> dict:
     ctx.need_models(*p.memory_modes)
     generation = {}
     for mode in p.memory_modes:
-        from textdiff.pipeline import TextDiffusionPipeline
+        from textdiff.models.pipeline import TextDiffusionPipeline
 
         limit = TextDiffusionPipeline.from_pretrained(ctx.model_dir(mode)).max_steps
         generation[mode] = []

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from textdiff.gaussian import GaussianProcess
+from textdiff.diffusion.gaussian import GaussianProcess
 
 
 class Biased:
@@ -50,7 +50,7 @@ def setup():
 def test_one_sample_per_stratum_is_the_exact_sum(setup):
     table, ids = setup
     T = 50
-    p = GaussianProcess("sqrt", num_steps=T)
+    p = GaussianProcess("sqrt", chain_length=T)
     b = p.nll_bound(Biased(table, ids), ids, num_t=T - 1, generator=torch.Generator())
     exact = exact_diffusion_sum(p, T, ids.shape[1])
     assert torch.allclose(
@@ -66,7 +66,7 @@ def test_one_sample_per_stratum_is_the_exact_sum(setup):
 def test_fewer_strata_are_unbiased(setup):
     table, ids = setup
     T = 200
-    p = GaussianProcess("cosine", num_steps=T)
+    p = GaussianProcess("cosine", chain_length=T)
     gen = torch.Generator().manual_seed(1)
     estimates = torch.stack(
         [
@@ -81,7 +81,7 @@ def test_fewer_strata_are_unbiased(setup):
 
 def test_continuous_time_estimator_matches_the_integral(setup):
     table, ids = setup
-    p = GaussianProcess("linear", num_steps=None)
+    p = GaussianProcess("linear", chain_length=None)
     gen = torch.Generator().manual_seed(2)
     b = torch.stack(
         [
@@ -91,7 +91,7 @@ def test_continuous_time_estimator_matches_the_integral(setup):
     ).flatten()
     # ½ ∫ −SNR'(t) ‖f(t) u‖² L dt by the trapezoid rule on a fine grid
     t = torch.linspace(1e-6, 1, 400_001, dtype=torch.float64)
-    integrand = 0.5 * -p.snr_derivative(t) * Biased.f(t).pow(2) * 5.25 * ids.shape[1]
+    integrand = 0.5 * -p.schedule.snr_derivative(t) * Biased.f(t).pow(2) * 5.25 * ids.shape[1]
     integral = torch.trapezoid(integrand, t).item()
     se = b.std().item() / math.sqrt(len(b))
     assert abs(b.mean().item() - integral) < 4 * se + 1e-3 * integral
@@ -102,10 +102,12 @@ def test_more_steps_tighten_toward_the_continuous_bound(setup):
     """For a fixed denoiser the discrete diffusion sum approaches the integral as T grows."""
     table, ids = setup
     t = torch.linspace(1e-6, 1, 400_001, dtype=torch.float64)
-    p = GaussianProcess("sqrt", num_steps=None)
-    integral = torch.trapezoid(0.5 * -p.snr_derivative(t) * Biased.f(t).pow(2) * 5.25 * 5, t)
+    p = GaussianProcess("sqrt", chain_length=None)
+    integral = torch.trapezoid(
+        0.5 * -p.schedule.snr_derivative(t) * Biased.f(t).pow(2) * 5.25 * 5, t
+    )
     gaps = [
-        abs(exact_diffusion_sum(GaussianProcess("sqrt", num_steps=T), T, 5) - integral)
+        abs(exact_diffusion_sum(GaussianProcess("sqrt", chain_length=T), T, 5) - integral)
         for T in (100, 1000, 10000)
     ]
     assert gaps[0] > gaps[1] > gaps[2]

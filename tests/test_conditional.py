@@ -11,10 +11,12 @@ import pytest
 import torch
 from conftest import Oracle
 
-from textdiff.absorbing import MaskProcess
-from textdiff.cli import main
-from textdiff.config import ConfigError, ModelConfig, ProcessConfig, SampleConfig, load_config
-from textdiff.e2e import (
+from textdiff.diffusion.absorbing import MaskProcess
+from textdiff.diffusion.gaussian import GaussianProcess
+from textdiff.diffusion.guidance import GuidedDenoiser, condition_positions, drop_conditions
+from textdiff.infra.cli import main
+from textdiff.infra.config import ConfigError, ModelConfig, ProcessConfig, SampleConfig, load_config
+from textdiff.infra.e2e import (
     corpus_bleu,
     detokenize,
     parse_mr,
@@ -23,12 +25,10 @@ from textdiff.e2e import (
     slot_errors,
     to_source_mr,
 )
-from textdiff.gaussian import GaussianProcess
-from textdiff.guidance import GuidedDenoiser, condition_positions, drop_conditions
-from textdiff.modeling import TextDiffusionConfig, TextDiffusionModel
-from textdiff.pipeline import TextDiffusionPipeline
-from textdiff.template import TemplateError, parse_template
-from textdiff.tokenization import train_tokenizer
+from textdiff.models.modeling import TextDiffusionConfig, TextDiffusionModel
+from textdiff.models.pipeline import TextDiffusionPipeline
+from textdiff.models.template import TemplateError, parse_template
+from textdiff.models.tokenization import train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = [
@@ -63,7 +63,7 @@ def random_pipe(tok, noise="gaussian", condition_len=0, seq_len=20, **process):
     pc = ProcessConfig(
         noise=noise,
         schedule="sqrt" if noise == "gaussian" else "linear",
-        num_steps=100,
+        chain_length=100,
         condition_len=condition_len,
         **process,
     )
@@ -178,7 +178,7 @@ def test_gaussian_partial_noising_keeps_the_condition_clean_and_out_of_the_loss(
     ids = torch.randint(0, 20, (6, 10), generator=gen)
     clean = condition_positions(6, 10, 4)
     model = Exact(table, ids, clean)
-    p = GaussianProcess("sqrt", num_steps=200)
+    p = GaussianProcess("sqrt", chain_length=200)
     terms = p.loss(model, ids, generator=gen, clean=clean).floats()
     x_t = model.inputs[-1]
     assert torch.equal(x_t[:, :4], table[ids][:, :4])  # clean: x_t = x0
@@ -304,7 +304,7 @@ def test_template_and_condition_together(tok):
 
 @pytest.fixture(scope="module")
 def data2text(tmp_path_factory, e2e_dir):
-    from textdiff.training import train
+    from textdiff.infra.trainer import train
 
     out = tmp_path_factory.mktemp("d2t") / "run"
     cfg = load_config(
@@ -316,7 +316,7 @@ def data2text(tmp_path_factory, e2e_dir):
             "model.num_layers=1",
             "model.num_heads=2",
             "process.condition_len=40",
-            "process.num_steps=100",
+            "process.chain_length=100",
             "data.max_train_samples=200",
             "data.min_frequency=1",
             "train.batch_size=8",
@@ -363,7 +363,7 @@ def _records(run):
 
 def test_evaluate_data2text_on_the_e2e_test_set(data2text, e2e_dir):
     pytest.importorskip("sacrebleu")
-    from textdiff.e2e import evaluate_data2text
+    from textdiff.infra.e2e import evaluate_data2text
 
     pipe = TextDiffusionPipeline.from_pretrained(data2text.model_dir)
     zip_path = Path(e2e_dir) / "e2e-dataset-v1.0.0.zip"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from textdiff.config import ConfigError, ExperimentConfig, load_config
+from textdiff.infra.config import ConfigError, ExperimentConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -36,9 +36,9 @@ def test_wrong_type_is_refused(tmp_path):
 
 
 def test_ints_widen_to_floats_and_null_is_allowed_where_optional(tmp_path):
-    cfg = load_config(write(tmp_path, "train:\n  lr: 1\nprocess:\n  num_steps: null\n"))
+    cfg = load_config(write(tmp_path, "train:\n  lr: 1\nprocess:\n  chain_length: null\n"))
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
-    assert cfg.process.num_steps is None
+    assert cfg.process.chain_length is None
     # YAML 1.1 reads 1e-3 as a string; a float field takes it, an int field does not
     assert load_config(write(tmp_path, "train:\n  lr: 1e-3\n")).train.lr == 0.001
     assert load_config(write(tmp_path, "train:\n  lr: 1\n"), ["train.lr=2e-4"]).train.lr == 2e-4
@@ -49,7 +49,7 @@ def test_ints_widen_to_floats_and_null_is_allowed_where_optional(tmp_path):
 @pytest.mark.parametrize(
     "text,match",
     [
-        ("process:\n  noise: uniform\n", r"choose one of \['gaussian', 'mask', 'autoregressive'\]"),
+        ("process:\n  noise: pink\n", r"choose one of \['gaussian', 'mask', 'autoregressive'\]"),
         ("process:\n  schedule: quadratic\n", r"choose one of \['cosine', 'linear', 'sqrt'\]"),
         ("process:\n  noise: mask\n  schedule: sqrt\n", r"choose one of \['cosine', 'linear'\]"),
         ("model:\n  embed_dim: 0\n", "model.embed_dim must be positive"),
@@ -57,14 +57,17 @@ def test_ints_widen_to_floats_and_null_is_allowed_where_optional(tmp_path):
         ("train:\n  max_steps: -5\n", "train.max_steps must be positive"),
         ("sample:\n  steps: 0\n", "sample.steps must be positive"),
         ("sample:\n  sampler: euler\n", r"choose one of \['auto', 'ddpm', 'ddim', 'pc'\]"),
-        ("process:\n  noise: mask\n  schedule: linear\nsample:\n  clamp: true\n", "Gaussian"),
+        (
+            "process:\n  noise: mask\n  schedule: linear\nsample:\n  clamp: true\n",
+            "sample.clamp does not apply to mask models",
+        ),
         (
             "process:\n  noise: mask\n  schedule: linear\nmodel:\n  output: embedding\n",
             "output=logits",
         ),
         ("train:\n  ema_decay: 1.5\n", r"\[0, 1\)"),
-        ("process:\n  num_steps: 100\nsample:\n  steps: 200\n", "at most 100 steps"),
-        ("sample:\n  top_p: 0.9\n", "top_p applies to mask noise"),
+        ("process:\n  chain_length: 100\nsample:\n  steps: 200\n", "at most 100 steps"),
+        ("sample:\n  top_p: 0.9\n", "sample.top_p does not apply to gaussian models"),
         ("process:\n  prediction: x0\nsample:\n  temperature: 0.5\n", "prediction=posterior"),
     ],
 )
@@ -96,3 +99,11 @@ def test_network_config_resolves_output_from_noise():
     cfg.process.noise, cfg.process.schedule = "mask", "linear"
     net = cfg.network_config(100)
     assert net.output == "logits" and net.vocab_size == 100
+
+
+def test_settings_written_by_earlier_versions_load_under_todays_names(tmp_path):
+    """``process.num_steps`` (textdiff ≤ 0.1) is the chain length ``process.chain_length``."""
+    cfg = load_config(write(tmp_path, "process:\n  num_steps: 300\nsample:\n  steps: 50\n"))
+    assert cfg.process.chain_length == 300
+    with pytest.raises(ConfigError, match="at most 300 steps"):
+        load_config(write(tmp_path, "process:\n  num_steps: 300\nsample:\n  steps: 500\n"))

@@ -9,17 +9,10 @@ import datasets
 import pytest
 import torch
 
-from textdiff.config import DataConfig
-from textdiff.data import (
-    DataError,
-    StreamingSplit,
-    TokenizedSplit,
-    build_tokenizer,
-    iter_texts,
-    load_text_splits,
-    tokenize_split,
-)
-from textdiff.tokenization import encode, train_tokenizer
+from textdiff.infra.batching import StreamingSplit, TokenizedSplit, tokenize_split
+from textdiff.infra.config import DataConfig
+from textdiff.infra.data import DataError, build_tokenizer, iter_texts, load_text_splits
+from textdiff.models.tokenization import encode, train_tokenizer
 
 TEXTS = [
     "the cat sat on the mat .",
@@ -161,7 +154,7 @@ def test_build_tokenizer_trains_or_loads(tmp_path):
 def test_pad_packing_keeps_conditions_and_logs_truncation(tmp_path, tok, caplog):
     lines = [f"mr {i}||{t}" for i, t in enumerate(TEXTS)]
     train = load(format="e2e", data_files={"train": write_lines(tmp_path / "e.txt", lines)})
-    with caplog.at_level(logging.WARNING, logger="textdiff.data"):
+    with caplog.at_level(logging.WARNING, logger="textdiff.infra.data"):
         split = tokenize_split(train["train"], tok, seq_len=7, name="train")
     expected, cut = encode(tok, TEXTS, 7)
     assert torch.equal(split.ids, expected)

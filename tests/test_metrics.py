@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from textdiff.metrics import distinct_n, ngrams, self_bleu
+from textdiff.infra.metrics import distinct_n, ngrams, self_bleu
 
 
 def test_distinct_n():

@@ -2,10 +2,10 @@
 
 import torch
 
-from textdiff.config import ModelConfig, ProcessConfig, SampleConfig
-from textdiff.gaussian import GaussianProcess
-from textdiff.modeling import TextDiffusionConfig, TextDiffusionModel, sinusoidal
-from textdiff.rounding import Rounder
+from textdiff.diffusion.gaussian import GaussianProcess
+from textdiff.diffusion.rounding import Rounder
+from textdiff.infra.config import ModelConfig, ProcessConfig, SampleConfig
+from textdiff.models.modeling import TextDiffusionConfig, TextDiffusionModel, sinusoidal
 
 
 def tiny_model(vocab=30, seq_len=8, output="embedding", **kw) -> TextDiffusionModel:
@@ -146,7 +146,7 @@ def test_sampling_temperature_reaches_every_step_of_a_posterior_model():
 
 
 def test_rotary_scores_depend_on_the_offset_only_and_change_the_network():
-    from textdiff.modeling import rotate, sinusoidal_angles
+    from textdiff.models.modeling import rotate, sinusoidal_angles
 
     q, k = torch.randn(16), torch.randn(16)
     angles = sinusoidal_angles(torch.arange(40), 16)

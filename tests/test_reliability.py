@@ -25,14 +25,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import textdiff.training as training
-from textdiff.checkpoint import CheckpointError, CheckpointManager, StopSignals, rng_states
-from textdiff.cli import main
-from textdiff.config import ConfigError, load_config
-from textdiff.data import DataError, load_text_splits, tokenize_split
-from textdiff.pipeline import ModelFolderError, TextDiffusionPipeline
-from textdiff.tokenization import train_tokenizer
-from textdiff.training import TrainingError, TrainingInterrupted, train
+import textdiff.infra.trainer as training
+from textdiff.infra.batching import tokenize_split
+from textdiff.infra.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    StopSignals,
+    TrainingError,
+    TrainingInterrupted,
+    rng_states,
+)
+from textdiff.infra.cli import main
+from textdiff.infra.config import ConfigError, load_config
+from textdiff.infra.data import DataError, load_text_splits
+from textdiff.infra.trainer import train
+from textdiff.models.pipeline import ModelFolderError, TextDiffusionPipeline
+from textdiff.models.tokenization import train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -106,7 +114,7 @@ class Crash(Exception):
 
 def stop_after(monkeypatch, batches: int, action) -> None:
     """Run ``action`` when the trainer asks for batch number ``batches`` (counted from 0)."""
-    real = training._batches
+    real = training.Trainer._batches
 
     def counted(*args, **kwargs):
         for i, item in enumerate(real(*args, **kwargs)):
@@ -114,7 +122,7 @@ def stop_after(monkeypatch, batches: int, action) -> None:
                 action()
             yield item
 
-    monkeypatch.setattr(training, "_batches", counted)
+    monkeypatch.setattr(training.Trainer, "_batches", counted)
 
 
 # ------------------------------------------------------------------- 1. crash-safe training
@@ -153,9 +161,9 @@ def test_resume_after_a_crash_is_bit_identical_and_skips_damaged_checkpoints(
     (out / "checkpoints" / ".tmp-step-00000012").mkdir()
     (out / "checkpoints" / ".tmp-step-00000012" / "model.safetensors").write_bytes(b"\0" * 10)
 
-    with caplog.at_level(logging.WARNING, logger="textdiff.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="textdiff.infra.checkpoint"):
         result = train(cfg, resume=True, progress=False)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "textdiff.checkpoint"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "textdiff.infra.checkpoint"]
     assert len(warnings) == 2 and all("\n" not in w for w in warnings)
     assert "step-00000009 is unusable (model.safetensors is corrupt" in warnings[0]
     assert "step-00000006 is unusable (a file holds pickled objects" in warnings[1]
@@ -233,7 +241,7 @@ def test_stop_signals_defers_sigterm_and_restores_the_handlers():
 @pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, e2e_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cli = [sys.executable, "-m", "textdiff.cli"]
+    cli = [sys.executable, "-m", "textdiff"]
     sets = ["--set", "train.log_every=1"]
     reference = tmp_path / "reference"
     subprocess.run([*cli, *cli_args(reference), *sets], env=env, check=True, timeout=300)
@@ -370,8 +378,8 @@ BAD_CONFIG = {
     "train.max_steps=abc": "train.max_steps: expected int, got str ('abc')",
     "train.max_steps=-5": "train.max_steps must be positive, got -5",
     "process.schedule=wiggly": "process.schedule 'wiggly' is not a gaussian schedule; choose",
-    "sample.sampler=magic": "sample.sampler 'magic' does not fit process.noise=gaussian",
-    "process.noise=pink": "process.noise: 'pink' is not valid; choose one of",
+    "sample.sampler=magic": "unknown sample.sampler 'magic' for process.noise=gaussian",
+    "process.noise=pink": "process.noise 'pink' is unknown; choose one of",
     "model.embed_dim=0": "model.embed_dim must be positive, got 0",
     "model.hidden_size=-64": "model.hidden_size must be positive, got -64",
     "data.max_train_samples=0": "data.max_train_samples must be positive or null, got 0",
@@ -482,7 +490,7 @@ def test_long_lines_are_truncated_and_counted_not_refused(tmp_path, caplog):
     cfg.data.format = "plain"
     split = load_text_splits(cfg.data)["train"]
     tok = train_tokenizer(["a b w"], min_frequency=1)
-    with caplog.at_level(logging.WARNING, logger="textdiff.data"):
+    with caplog.at_level(logging.WARNING, logger="textdiff.infra.data"):
         rows = tokenize_split(split, tok, 8, name="train")
     assert rows.num_truncated == 1 and rows.ids.shape == (2, 8)
     assert "train: 1 of 2 lines were longer than 7 tokens and were truncated" in caplog.text
@@ -564,7 +572,7 @@ def test_disk_full_elsewhere_is_one_line(monkeypatch, capsys):
     def full(args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/out.txt")
 
-    monkeypatch.setattr("textdiff.cli.cmd_generate", full)
+    monkeypatch.setattr("textdiff.infra.cli.cmd_generate", full)
     line = refuse(capsys, ["generate", "anything"])
     assert line.startswith("error: no space left on the disk while writing /data/out.txt; free")
 
@@ -572,7 +580,14 @@ def test_disk_full_elsewhere_is_one_line(monkeypatch, capsys):
 def test_a_cli_refusal_in_a_fresh_process_is_one_line_without_traceback(tmp_path):
     args = ["train", str(TINY), "--output-dir", str(tmp_path / "out"), "--quiet"]
     proc = subprocess.run(
-        [sys.executable, "-m", "textdiff.cli", *args, "--set", "data.dataset=some_user/some_data"],
+        [
+            sys.executable,
+            "-m",
+            "textdiff",
+            *args,
+            "--set",
+            "data.dataset=some_user/some_data",
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},

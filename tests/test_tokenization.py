@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
-from textdiff.tokenization import (
+from textdiff.models.tokenization import (
     EOS,
     MASK,
     PAD,
@@ -134,7 +134,7 @@ def test_load_adds_missing_special_tokens(tmp_path, caplog):
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     base = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=end, unk_token=end)
     base.save_pretrained(tmp_path / "gpt2like")
-    with caplog.at_level(logging.WARNING, logger="textdiff.tokenization"):
+    with caplog.at_level(logging.WARNING, logger="textdiff.models.tokenization"):
         tok = load_tokenizer(str(tmp_path / "gpt2like"))
     assert len(tok) == 5 and "grew from 3 to 5" in caplog.text
     assert tok.eos_token == end

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from textdiff.cli import main
-from textdiff.config import load_config
-from textdiff.pipeline import TextDiffusionPipeline
-from textdiff.training import train
+from textdiff.infra.cli import main
+from textdiff.infra.config import load_config
+from textdiff.infra.trainer import train
+from textdiff.models.pipeline import TextDiffusionPipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -115,7 +115,7 @@ def test_cli_trains_generates_and_refuses_in_one_line(tmp_path, capsys, e2e_dir)
 
 def test_cli_errors_have_no_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "textdiff.cli", "train", str(TINY), "--set", "model.layers=3"],
+        [sys.executable, "-m", "textdiff", "train", str(TINY), "--set", "model.layers=3"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -146,7 +146,7 @@ def test_two_processes_with_accelerate_launch_stay_in_sync(tmp_path, e2e_dir):
         "--main_process_port",
         "29517",
         "-m",
-        "textdiff.cli",
+        "textdiff",
         "train",
         str(TINY),
         "--output-dir",

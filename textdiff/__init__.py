@@ -1,7 +1,10 @@
 """textdiff: text diffusion language models (Gaussian embedding diffusion and [MASK]-absorbing
 diffusion), trained with accelerate and rounded with FAISS.
 
-Importing the package is cheap; the public names load their modules on first use.
+Three floors, none importing a higher one: :mod:`textdiff.diffusion` (the math, torch only),
+:mod:`textdiff.models` (the network, tokenizer and pipeline) and :mod:`textdiff.infra` (configs,
+data, trainer, checkpoints, evaluation, command line). Importing the package is cheap; the public
+names load their modules on first use.
 """
 
 from __future__ import annotations
@@ -11,15 +14,18 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "TextDiffusionPipeline": "textdiff.pipeline",
-    "TextDiffusionModel": "textdiff.modeling",
-    "TextDiffusionConfig": "textdiff.modeling",
-    "GaussianProcess": "textdiff.gaussian",
-    "MaskProcess": "textdiff.absorbing",
-    "Rounder": "textdiff.rounding",
-    "TemplateError": "textdiff.template",
-    "load_config": "textdiff.config",
-    "train": "textdiff.training",
+    "TextDiffusionPipeline": "textdiff.models.pipeline",
+    "TextDiffusionModel": "textdiff.models.modeling",
+    "TextDiffusionConfig": "textdiff.models.modeling",
+    "GaussianProcess": "textdiff.diffusion.gaussian",
+    "MaskProcess": "textdiff.diffusion.absorbing",
+    "Rounder": "textdiff.diffusion.rounding",
+    "register_process": "textdiff.diffusion.registry",
+    "ProcessSpec": "textdiff.diffusion.registry",
+    "TextdiffError": "textdiff.errors",
+    "TemplateError": "textdiff.models.template",
+    "load_config": "textdiff.infra.config",
+    "train": "textdiff.infra.trainer",
 }
 
 __all__ = sorted(_EXPORTS)

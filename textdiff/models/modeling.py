@@ -25,7 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .config import ModelConfig, ProcessConfig, SampleConfig, from_dict
+from ..diffusion.registry import get_process_spec
+from ..diffusion.settings import ProcessConfig, SampleConfig
+from ..schema import from_dict
+from .config import ModelConfig
 
 
 def sinusoidal_angles(positions: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -257,23 +260,45 @@ def ar_config(
 def make_config(
     model: ModelConfig, process: ProcessConfig, sample: SampleConfig, **token_ids
 ) -> PretrainedConfig:
-    """The saved config of a model: a textdiff denoiser, or the autoregressive baseline."""
-    if process.noise == "autoregressive":
+    """The saved config of a model: a textdiff denoiser, or a causal LM (the AR baseline) —
+    whatever network the process's registry entry names."""
+    network = get_process_spec(process.noise).network
+    if network == "causal-lm":
         token_ids.pop("mask_token_id", None)
         return ar_config(model, process, sample, **token_ids)
     return TextDiffusionConfig.from_parts(model, process, sample, **token_ids)
 
 
+MODEL_CLASSES = {"textdiff": "TextDiffusionModel", "gpt2": "GPT2LMHeadModel"}
+
+
 def model_class(model_type: str) -> type[PreTrainedModel]:
     """The class that loads a saved ``config.json`` of ``model_type``."""
-    from transformers import GPT2LMHeadModel
+    if model_type not in MODEL_CLASSES:
+        raise ValueError(
+            f"model type {model_type!r} is not a textdiff model ({sorted(MODEL_CLASSES)})"
+        )
+    if model_type == "gpt2":
+        from transformers import GPT2LMHeadModel
 
-    classes = {"textdiff": TextDiffusionModel, "gpt2": GPT2LMHeadModel}
-    if model_type not in classes:
-        raise ValueError(f"model type {model_type!r} is not a textdiff model ({sorted(classes)})")
-    return classes[model_type]
+        return GPT2LMHeadModel
+    return TextDiffusionModel
 
 
 def sequence_length(config: PretrainedConfig) -> int:
     """Tokens per sequence of either kind of model."""
     return getattr(config, "seq_len", None) or config.n_positions
+
+
+def process_settings(config: PretrainedConfig) -> ProcessConfig:
+    """The process settings saved in a model's config (old key names mapped)."""
+    return from_dict(ProcessConfig, config.process, "process")
+
+
+def token_ids(config: PretrainedConfig) -> dict[str, int | None]:
+    """The special token ids a process needs, from a model's config."""
+    return {
+        "pad": config.pad_token_id,
+        "eos": config.eos_token_id,
+        "mask": getattr(config, "mask_token_id", None),
+    }

@@ -1,9 +1,9 @@
 """What a generation call holds fixed: a data-to-text condition and an infilling template.
 
 :func:`prepare_request` checks the ``condition`` / ``template`` / ``guidance_scale`` arguments of
-:meth:`textdiff.pipeline.TextDiffusionPipeline.generate` against the model, and the
-:class:`Request` it returns gives, per batch, the :class:`textdiff.process.Known` tokens for the
-sampler, the (possibly guided) denoiser, and finally the texts of the generated part.
+:meth:`textdiff.models.pipeline.TextDiffusionPipeline.generate` against the model, and the
+:class:`Request` it returns gives, per batch, the :class:`textdiff.diffusion.base.Known` tokens
+for the sampler, the (possibly guided) denoiser, and finally the texts of the generated part.
 
 Layout of a row (DESIGN.md §1 with partial noising, as DiffuSeq): positions ``[0, C)`` hold the
 condition (``C = process.condition_len``; the MR, ``[EOS]``, ``[PAD]``), clean; positions
@@ -22,8 +22,10 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerFast
 
-from .guidance import GuidedDenoiser, condition_positions
-from .process import Known
+from ..diffusion.base import Known
+from ..diffusion.guidance import GuidedDenoiser, condition_positions
+from ..diffusion.registry import get_process_spec
+from ..diffusion.settings import ProcessConfig
 from .template import Template, decode_template, parse_template
 from .tokenization import decode, encode
 
@@ -81,7 +83,7 @@ class Request:
 
 def prepare_request(
     tok: PreTrainedTokenizerFast,
-    process_config: dict,
+    process: ProcessConfig,
     num_samples: int,
     length: int,
     *,
@@ -90,7 +92,7 @@ def prepare_request(
     guidance_scale: float = 1.0,
 ) -> Request:
     """Check the conditioning arguments of ``generate`` against the model; see
-    :meth:`textdiff.pipeline.TextDiffusionPipeline.generate`.
+    :meth:`textdiff.models.pipeline.TextDiffusionPipeline.generate`.
 
     Raises:
         TemplateError: The template is invalid (a ``ValueError``).
@@ -99,9 +101,11 @@ def prepare_request(
             a guidance scale without a condition or not a finite number ≥ 0, conditioning or a
             template for the autoregressive baseline.
     """
-    C = int(process_config.get("condition_len", 0))
-    if process_config.get("noise") == "autoregressive" and (template or condition):
-        raise ValueError("templates and conditions need a diffusion model, not the AR baseline")
+    C = process.condition_len
+    if not get_process_spec(process.noise).conditional and (template or condition):
+        raise ValueError(
+            f"templates and conditions need a diffusion model, not a {process.noise} model"
+        )
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
         raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}")
     if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
@@ -123,7 +127,7 @@ def prepare_request(
         unknown = int((conditions == tok.unk_token_id).sum())
         if unknown:
             logger.warning("the condition(s) hold %d word(s) outside the vocabulary", unknown)
-    dropout = float(process_config.get("condition_dropout", 0.0))
+    dropout = process.condition_dropout
     if C and dropout == 0 and (conditions is None or guidance_scale != 1.0):
         logger.warning(
             "this model was trained without condition dropout (process.condition_dropout = 0): "

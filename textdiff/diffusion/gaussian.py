@@ -2,12 +2,14 @@
 
 Notation: ``x0 = E[w]`` the clean embeddings (B, L, d); ``x_t`` the noised word part ``h_t``;
 ``ᾱ_t = ᾱ(t)`` from the schedule; for two times ``s < t``: ``α_{t|s} = ᾱ_t / ᾱ_s``,
-``β_{t|s} = 1 − α_{t|s}``; ``SNR(t) = ᾱ_t / (1 − ᾱ_t)``.
+``β_{t|s} = 1 − α_{t|s}``; ``SNR(t) = ᾱ_t / (1 − ᾱ_t)``. ``clean`` (B, L, bool) marks positions
+that are never noised (partial noising: a data-to-text condition).
 
 The chain starts at the latent ``h_0`` at ``t = 0``: ``q(h_0 | w) = N(√ᾱ(0) E[w], σ_0² I)`` with
 ``σ_0² = 1 − ᾱ(0)`` (0.01 for the sqrt schedule, 1e-4 for linear / cosine). Every transition of
 the bound, the one that produces ``h_0`` included, is a KL between two Gaussians, and the bound
-ends with the rounding term ``−log p_θ(w | h_0)``.
+ends with the rounding term ``−log p_θ(w | h_0)``. The sampling steps are in
+:mod:`textdiff.diffusion.gaussian_samplers`.
 """
 
 from __future__ import annotations
@@ -18,29 +20,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .process import (
-    BoundTerms,
-    Denoiser,
-    ForwardProcess,
-    Known,
-    LossTerms,
-    Progress,
-    SampleOutput,
-    stratified_times,
-)
-from .samplers import gaussian_sample
+from .base import Denoiser, ForwardProcess, LossTerms, Run, stratified_times
+from .gaussian_samplers import GAUSSIAN_SAMPLERS
 from .schedules import Schedule, get_schedule
 
 PREDICTIONS = ("x0", "eps", "posterior")
 EPS_WEIGHTINGS = ("simple", "vlb")
 
 
-def _mean(v: Tensor, keep: Tensor | None) -> Tensor:
-    """Mean of ``v`` (B, L, ...) over the positions where ``keep`` (B, L) is True (all if None)."""
-    if keep is None:
+def _mean(v: Tensor, over: Tensor | None) -> Tensor:
+    """Mean of ``v`` (B, L, ...) over the positions where ``over`` (B, L) is True (all if None)."""
+    if over is None:
         return v.mean()
-    w = keep.to(v.dtype).reshape(keep.shape + (1,) * (v.dim() - keep.dim()))  # (B, L, 1...)
-    count = w.sum() * (v.numel() // keep.numel())
+    w = over.to(v.dtype).reshape(over.shape + (1,) * (v.dim() - over.dim()))  # (B, L, 1...)
+    count = w.sum() * (v.numel() // over.numel())
     return (v * w).sum() / count.clamp(min=1)
 
 
@@ -52,35 +45,44 @@ def _bcast(v: Tensor, like: Tensor) -> Tensor:
 
 class GaussianProcess(ForwardProcess):
     """``q(h_t | h_0)``, its posterior, prior KL and parameterization conversions, the
-    Diffusion-LM loss, the NLL bound and the samplers' entry point.
+    Diffusion-LM loss, the terms of the NLL bound and the sampling primitives.
 
     Args:
         schedule: ``ᾱ(t)`` (an instance or a registered name).
-        prediction: what the network outputs, ``"x0"`` (Diffusion-LM, default) or ``"eps"``.
-        num_steps: the grid ``T`` of the discrete bound and of ``eps_weighting="vlb"``
-            (Diffusion-LM uses 2000); ``None`` uses the continuous-time limit.
+        prediction: what the network outputs: ``"x0"`` (Diffusion-LM, default), ``"eps"``, or
+            ``"posterior"`` (logits over words, read with the evidence: :meth:`predict_x0`).
+        chain_length: ``T``, the number of steps of the discrete chain that the bound sums over
+            and that ``eps_weighting="vlb"`` weights by (Diffusion-LM uses 2000); ``None`` is the
+            continuous-time limit. Sampling picks its own, usually far fewer, steps.
         eps_weighting: for ``prediction="eps"``, ``"simple"`` (L_simple) or ``"vlb"`` (exact).
     """
 
     name = "gaussian"
+    samplers = GAUSSIAN_SAMPLERS
+    default_sampler = "ddpm"
+    sample_options = {"temperature": 1.0, "clamp": False}
 
     def __init__(
         self,
         schedule: Schedule | str = "sqrt",
         prediction: str = "x0",
-        num_steps: int | None = 2000,
+        chain_length: int | None = 2000,
         eps_weighting: str = "simple",
     ):
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
-        if eps_weighting not in EPS_WEIGHTINGS:
-            raise ValueError(
-                f"unknown eps_weighting {eps_weighting!r}; choose one of {EPS_WEIGHTINGS}"
-            )
-        if num_steps is not None and num_steps < 2:
-            raise ValueError(f"num_steps must be ≥ 2 or None (continuous), got {num_steps}")
+        for name, value, valid in (
+            ("prediction", prediction, PREDICTIONS),
+            ("eps_weighting", eps_weighting, EPS_WEIGHTINGS),
+        ):
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {valid}")
+        if chain_length is not None and chain_length < 2:
+            raise ValueError(f"chain_length must be ≥ 2 or None (continuous), got {chain_length}")
         self.schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
-        self.prediction, self.num_steps, self.eps_weighting = prediction, num_steps, eps_weighting
+        self.prediction, self.chain_length, self.eps_weighting = (
+            prediction,
+            chain_length,
+            eps_weighting,
+        )
 
     # ---------------------------------------------------------------- closed forms, §2
     def alpha_bar(self, t: Tensor | float) -> Tensor:
@@ -122,17 +124,17 @@ class GaussianProcess(ForwardProcess):
         mean = _bcast(c0, x_t) * x0 + _bcast(ct, x_t) * x_t
         return mean, _bcast(var, x_t)
 
-    def prior_kl(self, x0: Tensor, keep: Tensor | None = None) -> Tensor:
+    def prior_kl(self, x0: Tensor, clean: Tensor | None = None) -> Tensor:
         """``L_T = KL(q(h_1 | x0) ‖ N(0, I))`` summed over positions and dims, per sequence (B,);
-        over the positions where ``keep`` (B, L) is True only, if given.
+        leaving out the ``clean`` (B, L) positions if given.
 
         ``KL(N(μ, σ²) ‖ N(0, 1)) = ½ (μ² + σ² − 1 − log σ²)`` with ``μ = √ᾱ_1 x0``,
         ``σ² = 1 − ᾱ_1``.
         """
         a = self.alpha_bar(1.0)
         per_dim = 0.5 * (a * x0.double() ** 2 + (1 - a) - 1 - torch.log1p(-a))
-        if keep is not None:
-            return (per_dim.sum(-1) * keep).sum(1)
+        if clean is not None:
+            return (per_dim.sum(-1) * (~clean).double()).sum(1)
         return per_dim.flatten(1).sum(1)
 
     def x0_from_eps(self, x_t: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
@@ -148,10 +150,6 @@ class GaussianProcess(ForwardProcess):
     def score_from_eps(self, eps: Tensor, t: Tensor | float) -> Tensor:
         """``ŝ = ∇ log q(h_t) ≈ −ε̂ / √(1 − ᾱ_t)`` (DESIGN.md §2; notes P5)."""
         return -eps / _bcast(1 - self.alpha_bar(t), eps).sqrt()
-
-    def eps_from_score(self, score: Tensor, t: Tensor | float) -> Tensor:
-        """Inverse of :meth:`score_from_eps`: ``ε̂ = −√(1 − ᾱ_t) ŝ``."""
-        return -score * _bcast(1 - self.alpha_bar(t), score).sqrt()
 
     def evidence_logits(self, x_t: Tensor, t: Tensor | float, table: Tensor) -> Tensor:
         """``log q(h_t,i | w_i = v)`` up to a constant in ``v``, for every word row ``E_v``:
@@ -223,13 +221,6 @@ class GaussianProcess(ForwardProcess):
         """
         return 0.5 * (self.schedule.snr(s) - self.schedule.snr(t))
 
-    def snr_derivative(self, t: Tensor) -> Tensor:
-        """``d SNR / dt`` (float64, by autograd through the schedule), for the continuous bound."""
-        with torch.enable_grad():
-            tt = t.detach().to(torch.float64).requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.schedule.snr(tt).sum(), tt)
-        return grad
-
     # ---------------------------------------------------------------- training loss, §2
     def loss(
         self,
@@ -248,27 +239,18 @@ class GaussianProcess(ForwardProcess):
         directly, as masked-language-model training does, and its minimiser's mean row is the
         minimiser of the MSE term. With ``prediction="eps"`` the first term is ``‖ε̂ − ε‖²``,
         weighted by ``T · ½ (SNR(t − 1/T)/SNR(t) − 1)`` (exact VLB, notes P2.4) if
-        ``eps_weighting="vlb"``.
-        Positions where ``clean`` (B, L) is True keep ``x_t = x0`` and every term averages over
-        the other positions only (partial noising, DiffuSeq).
+        ``eps_weighting="vlb"``. Positions where ``clean`` (B, L) is True keep ``x_t = x0`` and
+        every term averages over the other positions only (partial noising, DiffuSeq).
         """
         x0 = model.embed(ids)  # (B, L, d)
         if t is None:
             t = stratified_times(ids.shape[0], generator=generator)
         x_t, eps = self.q_sample(x0, t, generator=generator)
-        noised = None
+        noised = None if clean is None else ~clean
         if clean is not None:
             x_t = torch.where(clean[..., None], x0, x_t)
-            noised = ~clean
-        t_net = t.float().to(x0.device)
         table = model.word_table() if self.prediction == "posterior" else None
-        if getattr(model, "self_conditioning", False):  # half the batch sees its own x̂_0
-            with torch.no_grad():
-                x0_prev = self.predict_x0(model(x_t, t_net).float(), x_t, t, table)
-            keep = torch.rand(ids.shape[0], generator=generator) < 0.5
-            out = model(x_t, t_net, x0_prev=x0_prev * _bcast(keep.double(), x0_prev)).float()
-        else:
-            out = model(x_t, t_net).float()  # (B, L, d), or (B, L, V) for "posterior"
+        out = self._train_forward(model, x_t, t, table, generator)
         terms = {}
         if self.prediction == "posterior":  # logits (B, L, V): MSE of the mean row, plus CE
             post = out + self.evidence_logits(x_t, t, table)
@@ -280,7 +262,7 @@ class GaussianProcess(ForwardProcess):
         elif self.eps_weighting == "simple":
             mse = _mean((out - eps).pow(2), noised)
         else:
-            T = self.num_steps or 2000
+            T = self.chain_length or 2000
             tt = (t * T).ceil().clamp(min=1) / T
             w = T * self.vlb_weight(tt, tt - 1.0 / T) / self.schedule.snr(tt)
             mse = _mean(_bcast(w, out) * (out - eps).pow(2), noised)
@@ -296,6 +278,17 @@ class GaussianProcess(ForwardProcess):
         terms.update(mse=mse, prior=prior, rounding=rounding)
         return LossTerms(total, {k: v.detach() for k, v in terms.items()})
 
+    def _train_forward(self, model, x_t: Tensor, t: Tensor, table, generator) -> Tensor:
+        """The network output for the loss; a self-conditioned model reads its own no-gradient
+        ``x̂_0`` on half of the rows (chosen at random) and zeros on the others."""
+        t_net = t.float().to(x_t.device)
+        if not getattr(model, "self_conditioning", False):
+            return model(x_t, t_net).float()  # (B, L, d), or (B, L, V) for "posterior"
+        with torch.no_grad():
+            x0_prev = self.predict_x0(model(x_t, t_net).float(), x_t, t, table)
+        use = torch.rand(x_t.shape[0], generator=generator) < 0.5
+        return model(x_t, t_net, x0_prev=x0_prev * _bcast(use.double(), x0_prev)).float()
+
     def predict_ids(
         self, model: Denoiser, ids: Tensor, t: float, *, rounder, generator=None, clean=None
     ) -> tuple[Tensor, Tensor]:
@@ -308,120 +301,100 @@ class GaussianProcess(ForwardProcess):
         if clean is not None:
             x_t = torch.where(clean[..., None], x0, x_t)
         x0_hat = self.denoise(model, x_t, torch.full((ids.shape[0],), float(t)))
-        where = torch.ones_like(ids, dtype=torch.bool) if clean is None else ~clean
-        return rounder.round(x0_hat), where
+        predicted = torch.ones_like(ids, dtype=torch.bool) if clean is None else ~clean
+        return rounder.round(x0_hat), predicted
 
     # ---------------------------------------------------------------- NLL bound, §2
-    def nll_bound(
-        self,
-        model: Denoiser,
-        ids: Tensor,
-        *,
-        num_t: int = 8,
-        generator: torch.Generator | None = None,
-        num_steps: int | None | str = "default",
-        clean: Tensor | None = None,
-    ) -> BoundTerms:
-        """``−log p(w) ≤ L_T + Σ_{i=2}^{T} L_{i−1} + L_emb + L_round`` (DESIGN.md §2, notes P2.3).
+    def bound_constant(self, model: Denoiser, ids: Tensor, clean: Tensor | None) -> dict:
+        """``L_T``, exact (:meth:`prior_kl`)."""
+        return {"prior": self.prior_kl(model.embed(ids).float(), clean)}
 
-        Per sequence: ``L_T`` exact (:meth:`prior_kl`); the diffusion sum by ``num_t`` stratified
-        samples of the step ``i`` (unbiased: ``(T − 1) · L_{i−1}`` with ``i`` uniform on
-        ``2..T``), each ``L_{i−1} = ½ (SNR(t_{i−1}) − SNR(t_i)) ‖x0 − x̂_0(h_{t_i}, t_i)‖²``;
-        ``L_emb`` the same for the step ``t_1 → t_0 = 0`` that produces ``h_0``; and
-        ``L_round = −log p_θ(w | h_0)``. With ``num_steps=None`` the continuous-time limit
-        ``½ ∫ −SNR'(t) ‖x0 − x̂_0‖² dt`` replaces the sum and ``L_emb`` vanishes.
-        ``variance`` in :class:`BoundTerms` is the sample variance of the ``num_t`` replicates
-        divided by ``num_t`` (an overestimate for stratified samples).
+    def bound_terms(
+        self, model: Denoiser, ids: Tensor, u: Tensor, *, generator=None, clean=None
+    ) -> dict[str, Tensor]:
+        """One replicate of ``Σ_{i=2}^{T} L_{i−1} + L_emb + L_round`` (DESIGN.md §2, notes P2.3).
 
-        With ``clean`` (B, L) those positions stay ``x0`` and every term sums over the other
-        positions: the bound on ``−log p(noised part | clean part)``.
+        The diffusion sum by one sample of the step ``i`` per sequence (unbiased:
+        ``(T − 1) · L_{i−1}`` with ``i`` uniform on ``2..T``, read off the uniforms ``u``), each
+        ``L_{i−1} = ½ (SNR(t_{i−1}) − SNR(t_i)) ‖x0 − x̂_0(h_{t_i}, t_i)‖²``; ``L_emb`` the same
+        for the step ``t_1 → t_0 = 0`` that produces ``h_0``; ``L_round = −log p_θ(w | h_0)``.
+        With ``chain_length=None`` the continuous-time limit ``½ ∫ −SNR'(t) ‖x0 − x̂_0‖² dt``
+        replaces the sum and ``L_emb`` vanishes. ``clean`` positions stay ``x0`` and are left
+        out of every term: the bound on ``−log p(noised part | clean part)``.
         """
-        T = self.num_steps if num_steps == "default" else num_steps
-        B, device = ids.shape[0], ids.device
+        T, B, device = self.chain_length, ids.shape[0], ids.device
         x0 = model.embed(ids).float()  # (B, L, d)
-        keep = None if clean is None else (~clean).double()  # (B, L) positions in the bound
-        prior = self.prior_kl(x0, keep)
-        reps: dict[str, list[Tensor]] = {"diffusion": [], "embedding": [], "rounding": []}
-        offsets = torch.rand(B, num_t, generator=generator, dtype=torch.float64)
-        u = (torch.arange(num_t, dtype=torch.float64) + offsets) / num_t  # (B, K) stratified
-        for k in range(num_t):
-            if T is None:
-                t = u[:, k].clamp(min=1e-6)
-                weight = 0.5 * -self.snr_derivative(t)
-                times, s_emb = t, None
-            else:
-                i = 2 + (u[:, k] * (T - 1)).floor().clamp(max=T - 2)
-                t = i / T
-                weight = (T - 1) * self.vlb_weight(t, t - 1.0 / T)
-                times = torch.cat([t, torch.full((B,), 1.0 / T, dtype=torch.float64)])
-                s_emb = self.vlb_weight(1.0 / T, 0.0)
-            x_in = x0 if T is None else torch.cat([x0, x0])
-            x_t, _ = self.q_sample(x_in, times, generator=generator)
-            if keep is not None:
-                held = (keep if T is None else torch.cat([keep, keep])) == 0  # (B or 2B, L)
-                x_t = torch.where(held[..., None], x_in, x_t)
-            x0_hat = self.denoise(model, x_t, times)
-            err = (x0_hat - x_in).double().pow(2)
-            if keep is None:
-                err = err.flatten(1).sum(1)  # (B,) or (2B,)
-            else:
-                err = (err.sum(-1) * (~held).double()).sum(1)
-            reps["diffusion"].append(weight.to(device) * err[:B])
-            reps["embedding"].append(
-                torch.zeros(B, dtype=torch.float64, device=device)
-                if s_emb is None
-                else s_emb * err[B:]
-            )
-            h0, _ = self.q_sample(x0, 0.0, generator=generator)
-            logp = model.logits(h0).float().log_softmax(-1).gather(-1, ids[..., None])[..., 0]
-            if keep is not None:
-                logp = logp * keep
-            reps["rounding"].append(-logp.double().flatten(1).sum(1))
-        stacked = {k: torch.stack(v, 1) for k, v in reps.items()}  # each (B, K)
-        per_rep = prior[:, None] + sum(stacked.values())
-        terms = {"prior": prior, **{k: v.mean(1) for k, v in stacked.items()}}
-        var = per_rep.var(1) / num_t if num_t > 1 else torch.full_like(prior, float("nan"))
-        return BoundTerms(per_rep.mean(1), terms, num_t, variance=var)
+        if T is None:
+            t = u.clamp(min=1e-6)
+            weight, times, s_emb = 0.5 * -self.schedule.snr_derivative(t), t, None
+        else:
+            t = (2 + (u * (T - 1)).floor().clamp(max=T - 2)) / T
+            weight = (T - 1) * self.vlb_weight(t, t - 1.0 / T)
+            times = torch.cat([t, torch.full((B,), 1.0 / T, dtype=torch.float64)])
+            s_emb = self.vlb_weight(1.0 / T, 0.0)
+        x_in = x0 if T is None else torch.cat([x0, x0])
+        x_t, _ = self.q_sample(x_in, times, generator=generator)
+        if clean is not None:
+            held = clean if T is None else torch.cat([clean, clean])  # (B or 2B, L)
+            x_t = torch.where(held[..., None], x_in, x_t)
+        err = (self.denoise(model, x_t, times) - x_in).double().pow(2)
+        if clean is None:
+            err = err.flatten(1).sum(1)  # (B,) or (2B,)
+        else:
+            err = (err.sum(-1) * (~held).double()).sum(1)
+        h0, _ = self.q_sample(x0, 0.0, generator=generator)
+        logp = model.logits(h0).float().log_softmax(-1).gather(-1, ids[..., None])[..., 0]
+        if clean is not None:
+            logp = logp * (~clean).double()
+        emb = (
+            torch.zeros(B, dtype=torch.float64, device=device) if s_emb is None else s_emb * err[B:]
+        )
+        rounding = -logp.double().flatten(1).sum(1)
+        return {"diffusion": weight.to(device) * err[:B], "embedding": emb, "rounding": rounding}
 
     # ---------------------------------------------------------------- sampling, §2
-    def sample(
-        self,
-        model: Denoiser,
-        shape: tuple[int, int],
-        *,
-        steps: int,
-        generator: torch.Generator | None = None,
-        progress: Progress | None = None,
-        return_trajectory: bool = False,
-        rounder=None,
-        sampler: str = "ddpm",
-        clamp: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        known: Known | None = None,
-        **options,
-    ) -> SampleOutput:
-        """Start from ``h_1 ~ N(0, I)``, denoise in ``steps`` steps, round the last ``x̂_0``.
+    def prior(self, run: Run, shape: tuple[int, int]) -> Tensor:
+        """``h_1 ~ N(0, I)`` (B, L, d); the embeddings of known tokens are looked up once."""
+        if run.options.get("clamp") and run.rounder is None:
+            raise ValueError("clamp=True needs a rounder")
+        model = run.model
+        if run.known is not None:
+            run.memory["x0_known"] = model.embed(run.known.ids.to(model.device)).float()
+        return run.noise.normal(torch.empty(*shape, model.embed_dim)).to(model.device)
 
-        ``rounder`` (a :class:`textdiff.rounding.Rounder` over the word table) rounds the result
-        and, with ``clamp=True``, snaps every ``x̂_0`` to its nearest row. ``sampler`` is one of
-        :data:`textdiff.samplers.GAUSSIAN_SAMPLERS`; ``options`` go to it. ``known`` tokens are
-        held fixed (see :func:`textdiff.samplers.gaussian_sample`).
-        """
-        if top_p != 1.0:
-            raise ValueError("top_p applies to mask noise only; Gaussian models take temperature")
-        return gaussian_sample(
-            self,
-            model,
-            shape,
-            steps=steps,
-            sampler=sampler,
-            rounder=rounder,
-            clamp=clamp,
-            generator=generator,
-            progress=progress,
-            return_trajectory=return_trajectory,
-            known=known,
-            temperature=temperature,
-            **options,
-        )
+    def impose(self, run: Run, x: Tensor, t) -> Tensor:
+        """Known tokens ``w``: the latent there becomes a fresh draw of ``q(h_t | E[w])``
+        (DESIGN.md §2, "Forward"), or ``E[w]`` itself where ``known.clean``."""
+        if run.known is None:
+            return x
+        x0_known, device = run.memory["x0_known"], x.device
+        x_known, _ = self.q_sample(x0_known, t, run.noise.normal(x))
+        if run.known.clean is not None:
+            x_known = torch.where(run.known.clean.to(device)[..., None], x0_known, x_known)
+        return torch.where(run.known.mask.to(device)[..., None], x_known, x)
+
+    def predict(self, run: Run, x: Tensor, t, prev: Tensor | None) -> Tensor:
+        """``x̂_0`` at ``t`` (:meth:`denoise`, with ``temperature``; a self-conditioned model
+        reads ``prev``, zeros at the first step), snapped to its nearest word row with
+        ``clamp``, and ``E[w]`` at known positions — so the trajectory leads to them."""
+        if not getattr(run.model, "self_conditioning", False):
+            prev = None
+        elif prev is None:
+            prev = torch.zeros_like(x)
+        t_b = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
+        x0_hat = self.denoise(run.model, x, t_b, prev, run.options["temperature"])
+        if run.options["clamp"]:
+            x0_hat = run.rounder.clamp(x0_hat)
+        if run.known is not None:
+            held = run.known.mask.to(x.device)[..., None]
+            x0_hat = torch.where(held, run.memory["x0_known"], x0_hat)
+        return x0_hat
+
+    def finish(self, run: Run, x: Tensor, x0: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The last ``x̂_0`` rounded by ``run.rounder`` (if any); known tokens where known."""
+        if run.rounder is None:
+            return None, x0
+        ids = run.rounder.round(x0)
+        if run.known is not None:
+            ids = torch.where(run.known.mask.to(ids.device), run.known.ids.to(ids.device), ids)
+        return ids, x0

@@ -20,10 +20,12 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerFast
 
+from ..errors import TextdiffError
+
 EXAMPLE = '["The Eagle is a", 4, "near Burger King ."]'
 
 
-class TemplateError(ValueError):
+class TemplateError(TextdiffError, ValueError):
     """A template is malformed or does not fit the model."""
 
 

@@ -1,4 +1,4 @@
-"""Noise schedules as functions of continuous time ``t ∈ [0, 1]`` (DESIGN.md §2).
+"""Noise schedules as functions of continuous time ``t ∈ [0, 1]`` (DESIGN.md §2–3).
 
 A schedule is ``ᾱ(t)`` for the Gaussian process (the share of signal kept at time ``t``) or the
 keep-probability ``α(t)`` for the absorbing process. It knows nothing of a step count: a sampler or
@@ -43,6 +43,13 @@ class Schedule(ABC):
         """``SNR(t) = ᾱ(t) / (1 − ᾱ(t))``, float64."""
         a = self.alpha_bar(t)
         return a / (1.0 - a)
+
+    def snr_derivative(self, t: torch.Tensor) -> torch.Tensor:
+        """``d SNR / dt`` (float64, by autograd through the formula), for the continuous bound."""
+        with torch.enable_grad():
+            tt = t.detach().to(torch.float64).requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.snr(tt).sum(), tt)
+        return grad
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -4,6 +4,10 @@ Notation: ``w`` the clean ids (B, L); ``z_t`` the partially masked ids; ``α(t)`
 keep-probability, ``α(0) = 1``, ``α(1) = 0``. The denoiser sees ``H_t = [E[z_t] ; e]`` (a learned
 [MASK] row in ``E``) and outputs token logits. It is not told ``t``: the number of masks carries
 it (MDLM, §3.2), and it makes reusing a network output across steps where nothing changed exact.
+
+Sampling (``ancestral``) starts from all-[MASK]; from ``t`` to ``s`` each masked position is
+revealed with probability ``(α(s) − α(t)) / (1 − α(t))``, its token drawn from ``p_θ(· | z_t)``
+after ``temperature`` and nucleus ``top_p`` filtering.
 """
 
 from __future__ import annotations
@@ -11,17 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .process import (
-    BoundTerms,
-    Denoiser,
-    ForwardProcess,
-    Known,
-    LossTerms,
-    Progress,
-    SampleOutput,
-    stratified_times,
-    time_grid,
-)
+from .base import Denoiser, ForwardProcess, LossTerms, Run, Sampler, stratified_times
 from .schedules import KeepSchedule, get_keep_schedule
 
 T_MIN = 1e-5  # times are drawn from [T_MIN, 1]: at t → 0 nothing is masked and the weight → ∞
@@ -36,6 +30,10 @@ class MaskProcess(ForwardProcess):
     """
 
     name = "mask"
+    samplers: dict[str, Sampler] = {}  # filled in below the class
+    default_sampler = "ancestral"
+    sample_options = {"temperature": 1.0, "top_p": 1.0}
+    time_conditioned = False
 
     def __init__(self, schedule: KeepSchedule | str = "linear", *, mask_id: int):
         self.schedule = get_keep_schedule(schedule) if isinstance(schedule, str) else schedule
@@ -57,7 +55,7 @@ class MaskProcess(ForwardProcess):
         logits[..., self.mask_id] = float("-inf")
         return logits.log_softmax(-1)
 
-    def _masked_nll(self, model: Denoiser, ids: Tensor, t: Tensor, generator, clean=None) -> tuple:
+    def _masked_nll(self, model: Denoiser, ids: Tensor, t: Tensor, generator, clean) -> tuple:
         """Per sequence: ``Σ_{i: z_t,i = MASK} −log p_θ(w_i | z_t)`` and the number of masks;
         positions where ``clean`` (B, L) is True are never masked."""
         z = self.q_sample(ids, t, generator=generator)
@@ -112,99 +110,58 @@ class MaskProcess(ForwardProcess):
             z, masked = torch.where(clean, ids, z), masked & ~clean
         return torch.where(masked, self.log_probs(model, z).argmax(-1), z), masked
 
-    def nll_bound(
-        self,
-        model: Denoiser,
-        ids: Tensor,
-        *,
-        num_t: int = 8,
-        generator: torch.Generator | None = None,
-        clean: Tensor | None = None,
-    ) -> BoundTerms:
-        """``−log p(w) ≤ ∫_0^1 (−α'(t)/(1 − α(t))) E_q[Σ_{masked i} −log p_θ(w_i | z_t)] dt``
-        (DESIGN.md §3), estimated per sequence with ``num_t`` stratified times; positions where
+    def bound_terms(
+        self, model: Denoiser, ids: Tensor, u: Tensor, *, generator=None, clean=None
+    ) -> dict[str, Tensor]:
+        """One replicate of ``∫_0^1 (−α'(t)/(1 − α(t))) E_q[Σ_{masked i} −log p_θ(w_i | z_t)] dt``
+        (DESIGN.md §3) at ``t = u``: the weighted masked NLL per sequence; positions where
         ``clean`` (B, L) is True are never masked (the bound of the rest given them)."""
-        B = ids.shape[0]
-        offsets = torch.rand(B, num_t, generator=generator, dtype=torch.float64)
-        u = (torch.arange(num_t, dtype=torch.float64) + offsets) / num_t  # (B, K)
-        reps = []
-        for k in range(num_t):
-            t = u[:, k].clamp(min=T_MIN)
-            nll, _ = self._masked_nll(model, ids, t, generator, clean)
-            reps.append(self.schedule.weight(t).to(ids.device) * nll.double())
-        per_rep = torch.stack(reps, 1)  # (B, K)
-        var = per_rep.var(1) / num_t if num_t > 1 else torch.full((B,), float("nan"))
-        return BoundTerms(per_rep.mean(1), {"diffusion": per_rep.mean(1)}, num_t, variance=var)
+        t = u.clamp(min=T_MIN)
+        nll, _ = self._masked_nll(model, ids, t, generator, clean)
+        return {"diffusion": self.schedule.weight(t).to(ids.device) * nll.double()}
 
-    @torch.no_grad()
-    def sample(
-        self,
-        model: Denoiser,
-        shape: tuple[int, int],
-        *,
-        steps: int,
-        generator: torch.Generator | None = None,
-        progress: Progress | None = None,
-        return_trajectory: bool = False,
-        sampler: str = "ancestral",
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        cache: bool = True,
-        clamp: bool = False,
-        rounder=None,
-        constrain=None,
-        known: Known | None = None,
-    ) -> SampleOutput:
-        """Ancestral sampling from all-[MASK] (DESIGN.md §3): from ``t`` to ``s``, each masked
-        position is revealed with probability ``(α(s) − α(t)) / (1 − α(t))``, its token drawn from
-        ``p_θ(· | z_t)`` (with ``temperature`` and nucleus ``top_p``). With ``cache``, a step whose
-        input equals the previous one reuses its output; ``info["nfe_saved"]`` counts them.
-        ``constrain(z)``, if given, is applied to ``z`` before each step; ``known`` tokens are
-        re-imposed after it (never masked, never revealed): infilling and conditions."""
-        if sampler not in ("auto", "ancestral"):
-            raise ValueError(f"unknown sampler {sampler!r} for mask noise; choose 'ancestral'")
-        if clamp:
-            raise ValueError("clamp applies to Gaussian noise only")
-        B, L = shape
-        device = model.device
-        hold = torch.zeros(B, L, dtype=torch.bool, device=device)
-        if known is not None:
-            hold, fixed, user = known.mask.to(device), known.ids.to(device), constrain
+    # ------------------------------------------------------------------ sampling
+    def prior(self, run: Run, shape: tuple[int, int]) -> Tensor:
+        """All-[MASK] ids (B, L)."""
+        return torch.full(shape, self.mask_id, dtype=torch.long, device=run.model.device)
 
-            def constrain(z: Tensor) -> Tensor:
-                return torch.where(hold, fixed, z if user is None else user(z))
+    def impose(self, run: Run, z: Tensor, t) -> Tensor:
+        """Known tokens are never masked and never revealed: they are simply in ``z``."""
+        if run.known is None:
+            return z
+        known = run.known
+        return torch.where(known.mask.to(z.device), known.ids.to(z.device), z)
 
-        z = torch.full((B, L), self.mask_id, dtype=torch.long, device=device)
-        grid = time_grid(steps)
-        trajectory = [] if return_trajectory else None
-        nfe = saved = 0
-        cached_z, probs = None, None
-        pairs = list(zip(grid[:-1], grid[1:], strict=True))
-        for t, s in progress(pairs) if progress is not None else pairs:
-            if constrain is not None:
-                z = constrain(z)
-            if not (cache and cached_z is not None and torch.equal(z, cached_z)):
-                probs = _filter(self.log_probs(model, z), temperature, top_p)  # (B, L, V)
-                cached_z = z
-                nfe += 1
-            else:
-                saved += 1
-            a_t, a_s = self.schedule.alpha(t).item(), self.schedule.alpha(s).item()
-            reveal_p = (a_s - a_t) / (1 - a_t)
-            u = torch.rand((B, L), generator=generator).to(device)
-            reveal = (z == self.mask_id) & (u < reveal_p) & ~hold
-            if reveal.any():  # draw tokens of p_θ(· | z_t) only where something is revealed
-                draw = torch.multinomial(probs[reveal].cpu(), 1, generator=generator)[:, 0]
-                z = z.clone()
-                z[reveal] = draw.to(device)
-            if trajectory is not None:
-                trajectory.append(z.cpu())
-        if constrain is not None:
-            z = constrain(z)
-        return SampleOutput(ids=z, trajectory=trajectory, nfe=nfe, info={"nfe_saved": float(saved)})
+    def predict(self, run: Run, z: Tensor, t, prev) -> Tensor:
+        """``p_θ(· | z_t)`` (B, L, V) after ``temperature`` and ``top_p``."""
+        return filter_probs(
+            self.log_probs(run.model, z), run.options["temperature"], run.options["top_p"]
+        )
+
+    def finish(self, run: Run, z: Tensor, x0) -> tuple[Tensor, None]:
+        return self.impose(run, z, 0.0), None
 
 
-def _filter(log_probs: Tensor, temperature: float, top_p: float) -> Tensor:
+def ancestral_step(process: MaskProcess, z: Tensor, probs: Tensor, t, s, run: Run):
+    """Reveal each masked position with probability ``(α(s) − α(t)) / (1 − α(t))`` and draw its
+    token from ``probs`` (DESIGN.md §3); known positions stay as they are."""
+    a_t, a_s = process.schedule.alpha(t).item(), process.schedule.alpha(s).item()
+    reveal_p = (a_s - a_t) / (1 - a_t)
+    u = run.noise.uniform(z.shape, z.device)
+    reveal = (z == process.mask_id) & (u < reveal_p)
+    if run.known is not None:
+        reveal &= ~run.known.mask.to(z.device)
+    if reveal.any():  # draw tokens of p_θ(· | z_t) only where something is revealed
+        rows = reveal.nonzero()[:, 0]
+        z = z.clone()
+        z[reveal] = run.noise.categorical(probs[reveal], rows)
+    return z, z
+
+
+MaskProcess.samplers = {"ancestral": Sampler(ancestral_step)}
+
+
+def filter_probs(log_probs: Tensor, temperature: float, top_p: float) -> Tensor:
     """Probabilities after temperature and nucleus (top-p) filtering, renormalised."""
     probs = (log_probs / temperature).softmax(-1)
     if top_p < 1.0:

@@ -34,6 +34,8 @@ import torch
 import yaml
 from safetensors import SafetensorError
 
+from ..errors import TextdiffError
+from ..schema import ConfigError, from_dict
 from .config import ExperimentConfig
 
 logger = logging.getLogger(__name__)
@@ -50,12 +52,24 @@ WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, SafetensorError)
 
 
-class RunFolderError(ValueError):
+class RunFolderError(TextdiffError, ValueError):
     """The output folder cannot be used as asked (it holds another run, or foreign files)."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TextdiffError, RuntimeError):
     """No usable checkpoint, or one could not be written."""
+
+
+class TrainingError(TextdiffError, RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM stopped training after the checkpoint of ``step`` was saved."""
+
+    def __init__(self, step: int, checkpoint: Path, signum: int = signal.SIGINT):
+        super().__init__(f"interrupted at step {step}; checkpoint saved, resume with --resume")
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
 
 # ------------------------------------------------------------------------------- run folder
@@ -97,6 +111,10 @@ def prepare_run_folder(out: Path, cfg: ExperimentConfig, *, resume: bool, overwr
 
 def _check_same_run(run_file: Path, cfg: ExperimentConfig) -> None:
     saved = yaml.safe_load(run_file.read_text(encoding="utf-8")) or {}
+    try:  # a run written by an earlier textdiff: its settings under today's names
+        saved = from_dict(ExperimentConfig, saved).to_dict()
+    except ConfigError:
+        pass
     now = cfg.to_dict()
     for section in ("model", "process", "data"):
         if saved.get(section) != now[section]:
@@ -229,6 +247,14 @@ class CheckpointManager:
 
     def __init__(self, root: Path, keep: int = 2):
         self.root, self.keep = Path(root), keep
+
+    def diverged(self, what: str) -> None:
+        """Raise the :class:`TrainingError` of a run that must stop (``what`` happened)."""
+        kept = self.checkpoints()
+        where = f"{kept[-1]} is the last good checkpoint" if kept else "no checkpoint was saved yet"
+        raise TrainingError(
+            f"{what}; training stopped and {where}; lower train.lr or raise train.warmup_steps"
+        )
 
     def checkpoints(self) -> list[Path]:
         """Sealed checkpoints, oldest first."""

@@ -14,19 +14,24 @@ and the slot error rate beside the TGen baseline (:mod:`textdiff.e2e`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from ..diffusion.guidance import condition_positions
+from ..models.devices import autocast
+from ..models.pipeline import TextDiffusionPipeline
+from ..models.tokenization import encode
+from .batching import tokenize_split
 from .config import ExperimentConfig, load_config
-from .data import iter_texts, load_text_splits, tokenize_split
-from .guidance import condition_positions
+from .data import iter_texts, load_text_splits
 from .metrics import distinct_n, self_bleu
-from .pipeline import TextDiffusionPipeline, autocast
-from .tokenization import encode
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ def _fitting(ids: torch.Tensor, eos_id: int, condition_len: int = 0) -> torch.Te
     return (ids == eos_id).any(1)
 
 
-def _clean(batch: torch.Tensor, condition_len: int) -> dict:
+def condition_mask(batch: torch.Tensor, condition_len: int) -> dict:
     """``clean=`` for the math when the rows hold a condition part, else nothing."""
     if not condition_len:
         return {}
@@ -74,7 +79,7 @@ def nll_bound(
             batch = ids[lo : lo + batch_size].to(device)
             with autocast(device, pipe.precision):
                 b = pipe.process.nll_bound(
-                    pipe.model, batch, num_t=num_t, generator=gen, **_clean(batch, C)
+                    pipe.model, batch, num_t=num_t, generator=gen, **condition_mask(batch, C)
                 )
             nll += float(b.total.sum())
             var += float(b.variance.sum()) if b.variance is not None else 0.0
@@ -94,32 +99,65 @@ def nll_bound(
     }
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def accuracy_by_t(
-    pipe: TextDiffusionPipeline, ids: torch.Tensor, *, seed: int = 0, batch_size: int = 64
+    process,
+    model,
+    batches: list[torch.Tensor],
+    *,
+    pad_id: int,
+    generator: torch.Generator,
+    rounder=None,
+    condition_len: int = 0,
+    precision=contextlib.nullcontext,
 ) -> dict[str, float]:
-    """Accuracy of the denoiser's tokens at each of the process's noise levels (real tokens)."""
-    gen = torch.Generator().manual_seed(seed)
-    pad, rounder, device = pipe.tokenizer.pad_token_id, pipe.rounder, pipe.model.device
+    """Accuracy of the denoiser's tokens at each of the process's noise levels ``eval_times``,
+    over the real tokens of ``batches`` (not padding; not the condition part of a data-to-text
+    model); ``precision()`` is the context each batch runs in (e.g. autocast)."""
     out = {}
-    for t in pipe.process.eval_times:
+    for t in process.eval_times:
         hits = total = 0
-        for lo in range(0, len(ids), batch_size):
-            batch = ids[lo : lo + batch_size].to(device)
-            with autocast(device, pipe.precision):
-                pred, where = pipe.process.predict_ids(
-                    pipe.model,
+        for batch in batches:
+            with precision():
+                pred, where = process.predict_ids(
+                    model,
                     batch,
                     t,
                     rounder=rounder,
-                    generator=gen,
-                    **_clean(batch, pipe.condition_len),
+                    generator=generator,
+                    **condition_mask(batch, condition_len),
                 )
-            where = where & (batch != pad)
+            where = where & (batch != pad_id)
             hits += int(((pred == batch) & where).sum())
             total += int(where.sum())
         out[f"{t:g}"] = hits / max(total, 1)
     return out
+
+
+@torch.no_grad()
+def validation_terms(
+    pipe: TextDiffusionPipeline, batches: list[torch.Tensor], *, seed: int
+) -> dict:
+    """Mean loss terms and ``acc_t<t>`` (:func:`accuracy_by_t`) on fixed batches with fixed
+    noise, so evaluations at different training steps compare."""
+    gen, C = torch.Generator().manual_seed(seed), pipe.condition_len
+    record: dict[str, float] = {}
+    for batch in batches:
+        terms = pipe.process.loss(pipe.model, batch, generator=gen, **condition_mask(batch, C))
+        for k, v in terms.floats().items():
+            record[k] = record.get(k, 0.0) + v / len(batches)
+    pad = pipe.tokenizer.pad_token_id
+    acc = accuracy_by_t(
+        pipe.process,
+        pipe.model,
+        batches,
+        pad_id=pad,
+        generator=gen,
+        rounder=pipe.rounder,
+        condition_len=C,
+    )
+    record.update({f"acc_t{t}": v for t, v in acc.items()})
+    return record
 
 
 @torch.inference_mode()
@@ -196,89 +234,119 @@ def evaluate_model(
     """
     model_dir = Path(model_dir)
     pipe = TextDiffusionPipeline.from_pretrained(model_dir)
-    C = pipe.condition_len
-    bleu = C > 0 if bleu is None else bleu
-    if bleu and not C:
+    bleu = pipe.condition_len > 0 if bleu is None else bleu
+    if bleu and not pipe.condition_len:
         raise ValueError(
             "E2E BLEU needs a data-to-text model (process.condition_len > 0); this one is "
             "unconditional"
         )
     cfg = _experiment(model_dir, data_config)
-    splits = load_text_splits(cfg.data)
-    if split not in splits:
-        raise ValueError(f"the data has no split {split!r}; it has {sorted(splits)}")
-    data = tokenize_split(
-        splits[split], pipe.tokenizer, pipe.seq_len, "pad", name=split, condition_len=C
-    )
-    fits = _fitting(data.ids, pipe.tokenizer.eos_token_id, C)
-    ids = data.ids[fits]
-    conditions = None
-    if C:  # samples for the split's MRs, one each
-        conditions = [c for c, f in zip(data.cond, fits.tolist(), strict=True) if f]
-        num_samples = min(num_samples, len(conditions))
-        conditions = conditions[:num_samples]
-    if max_sentences is not None:
-        ids = ids[:max_sentences]
-    noise = pipe.model.config.process["noise"]
+    data = EvaluationData.load(pipe, cfg, split, max_sentences)
     report: dict = {
         "model": str(model_dir),
-        "noise": noise,
+        "noise": pipe.settings.noise,
         "split": split,
-        "left_out_too_long": int((~fits).sum()),
+        "left_out_too_long": data.left_out,
     }
-    report["bound"] = nll_bound(pipe, ids, num_t=num_t, seed=seed, progress=progress)
-    report["acc_by_t"] = accuracy_by_t(pipe, ids[:acc_sentences], seed=seed)
+    report["bound"] = nll_bound(pipe, data.ids, num_t=num_t, seed=seed, progress=progress)
+    report["acc_by_t"] = accuracy_by_t(
+        pipe.process,
+        pipe.model,
+        data.batches(acc_sentences, pipe.model.device),
+        pad_id=pipe.tokenizer.pad_token_id,
+        generator=torch.Generator().manual_seed(seed),
+        rounder=pipe.rounder,
+        condition_len=pipe.condition_len,
+        precision=partial(autocast, pipe.model.device, pipe.precision),
+    )
+    generation = dict(num_steps=steps, sampler=sampler, seed=seed, guidance_scale=guidance_scale)
+    gen, report["samples"] = sample_quality(pipe, data, num_samples, progress, **generation)
+    if reference_model is not None:
+        report["samples"].update(reference_perplexities(reference_model, gen.texts, data.real))
+    report["rounding"] = rounding_report(pipe, gen)
+    if bleu:
+        from .e2e import evaluate_data2text
 
+        zip_path = references or _default_references(cfg)
+        report["e2e"] = evaluate_data2text(
+            pipe, zip_path, limit=bleu_mrs, progress=progress, **generation
+        )
+    report["summary"] = _summary(report)
+    return report
+
+
+@dataclass
+class EvaluationData:
+    """A split's rows that fit the model (``ids``, with their ``conditions`` for a data-to-text
+    model), how many did not (``left_out``) and the split's real texts."""
+
+    ids: torch.Tensor
+    conditions: list[str] | None
+    left_out: int
+    real: list[str]
+
+    @classmethod
+    def load(cls, pipe, cfg: ExperimentConfig, split: str, limit: int | None) -> EvaluationData:
+        splits = load_text_splits(cfg.data)
+        if split not in splits:
+            raise ValueError(f"the data has no split {split!r}; it has {sorted(splits)}")
+        C = pipe.condition_len
+        data = tokenize_split(
+            splits[split], pipe.tokenizer, pipe.seq_len, "pad", name=split, condition_len=C
+        )
+        fits = _fitting(data.ids, pipe.tokenizer.eos_token_id, C)
+        conditions = None
+        if C:
+            conditions = [c for c, f in zip(data.cond, fits.tolist(), strict=True) if f]
+        ids = data.ids[fits][:limit] if limit is not None else data.ids[fits]
+        real = list(iter_texts(splits[split]))
+        return cls(ids, conditions, int((~fits).sum()), real)
+
+    def batches(self, limit: int, device, batch_size: int = 64) -> list[torch.Tensor]:
+        ids = self.ids[:limit]
+        return [ids[lo : lo + batch_size].to(device) for lo in range(0, len(ids), batch_size)]
+
+
+def sample_quality(pipe, data: EvaluationData, num_samples: int, progress: bool, **generation):
+    """Generate ``num_samples`` sentences (one per condition for a data-to-text model) and
+    describe them beside as many real sentences of the split; returns the generation output
+    and the figures."""
+    conditions = None
+    if data.conditions is not None:  # samples for the split's MRs, one each
+        num_samples = min(num_samples, len(data.conditions))
+        conditions = data.conditions[:num_samples]
     t0 = time.perf_counter()
     gen = pipe.generate(
-        num_samples,
-        num_steps=steps,
-        sampler=sampler,
-        seed=seed,
-        return_ids=True,
-        progress=progress,
-        condition=conditions,
-        guidance_scale=guidance_scale,
+        num_samples, return_ids=True, progress=progress, condition=conditions, **generation
     )
     seconds = time.perf_counter() - t0
-    real_texts = list(iter_texts(splits[split], max(num_samples, 2)))
+    real = data.real[: max(num_samples, 2)]
     quality = {
         "count": num_samples,
-        "steps": steps or pipe.model.config.sample["steps"],
-        "sampler": sampler or pipe.model.config.sample["sampler"],
+        "steps": generation["num_steps"] or pipe.sample_defaults.steps,
+        "sampler": generation["sampler"] or pipe.sample_defaults.sampler,
         "seconds": seconds,
         "seconds_per_64": seconds * 64 / num_samples,
         "network_calls": gen.nfe,
         "distinct_1": distinct_n(gen.texts, 1),
         "distinct_2": distinct_n(gen.texts, 2),
-        "real_distinct_1": distinct_n(real_texts, 1),
-        "real_distinct_2": distinct_n(real_texts, 2),
+        "real_distinct_1": distinct_n(real, 1),
+        "real_distinct_2": distinct_n(real, 2),
         "examples": gen.texts[:10],
     }
     if num_samples >= 2:
         quality["self_bleu"] = self_bleu(gen.texts)
-        quality["real_self_bleu"] = self_bleu(real_texts)
-    if reference_model is not None:
-        reference = TextDiffusionPipeline.from_pretrained(reference_model)
-        quality["generative_perplexity"] = perplexity_of_texts(reference, gen.texts)
-        quality["reference_perplexity_on_real"] = perplexity_of_texts(reference, real_texts)
-    report["samples"] = quality
-    report["rounding"] = rounding_report(pipe, gen)
-    if bleu:
-        from .e2e import evaluate_data2text
+        quality["real_self_bleu"] = self_bleu(real)
+    return gen, quality
 
-        report["e2e"] = evaluate_data2text(
-            pipe,
-            references or _default_references(cfg),
-            limit=bleu_mrs,
-            num_steps=steps,
-            sampler=sampler,
-            seed=seed,
-            guidance_scale=guidance_scale,
-            progress=progress,
-        )
-    report["summary"] = _summary(report)
-    return report
+
+def reference_perplexities(reference_model, texts: list[str], real: list[str]) -> dict:
+    """The reference model's perplexity of the samples and of as many real sentences."""
+    reference = TextDiffusionPipeline.from_pretrained(reference_model)
+    return {
+        "generative_perplexity": perplexity_of_texts(reference, texts),
+        "reference_perplexity_on_real": perplexity_of_texts(reference, real[: max(len(texts), 2)]),
+    }
 
 
 def _default_references(cfg: ExperimentConfig) -> Path:

@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from ..errors import TextdiffError
+
 logger = logging.getLogger(__name__)
 
 PAD = "[PAD]"
@@ -28,7 +30,7 @@ SPECIAL_TOKENS = (PAD, EOS, MASK, UNK)  # ids 0..3 in every tokenizer trained he
 _ROLES = {"pad_token": PAD, "eos_token": EOS, "mask_token": MASK, "unk_token": UNK}
 
 
-class TokenizerError(ValueError):
+class TokenizerError(TextdiffError, ValueError):
     """A tokenizer cannot be found, loaded or built."""
 
 

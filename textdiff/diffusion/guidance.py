@@ -2,7 +2,7 @@
 
 Data-to-text by partial noising (DiffuSeq, Gong et al., 2023): a row is ``[condition ; target]``
 with the condition in its first ``condition_len`` positions; the condition is never noised and
-left out of the loss (``clean=`` of :meth:`textdiff.process.ForwardProcess.loss`), so the
+left out of the loss (``clean=`` of :meth:`textdiff.diffusion.base.ForwardProcess.loss`), so the
 denoiser learns ``p(target | condition)`` and reads the condition through attention.
 
 Classifier-free guidance (Ho & Salimans, 2022): training replaces a row's condition by the null
@@ -55,7 +55,7 @@ class GuidedDenoiser:
     model's.
 
     Args:
-        model: the denoiser (see :class:`textdiff.process.Denoiser`).
+        model: the denoiser (see :class:`textdiff.diffusion.base.Denoiser`).
         null_ids: (B, L) ids of the null condition (read at ``where`` only).
         where: (B, L) bool, the condition positions.
         scale: the guidance scale ``s``.

@@ -1,4 +1,4 @@
-"""The ``textdiff`` command: ``train``, ``generate``, ``evaluate``.
+"""The ``textdiff`` command (also ``python -m textdiff``): ``train``, ``generate``, ``evaluate``.
 
 Every refusal is one line on stderr and exit code 2, never a traceback. A training run stopped
 by Ctrl-C (or SIGTERM) saves a checkpoint first and exits with 128 + the signal number (130).
@@ -17,22 +17,11 @@ from pathlib import Path
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .checkpoint import CheckpointError, RunFolderError
-    from .config import ConfigError
-    from .data import DataError
+    from ..errors import TextdiffError
     from .e2e import MissingDependencyError
-    from .pipeline import ModelFolderError
-    from .tokenization import TokenizerError
-    from .training import TrainingError
 
     return (
-        ConfigError,
-        DataError,
-        RunFolderError,
-        ModelFolderError,
-        TokenizerError,
-        CheckpointError,
-        TrainingError,
+        TextdiffError,
         MissingDependencyError,
         ValueError,
         FileNotFoundError,
@@ -48,7 +37,7 @@ def _print_metrics(record: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .training import train
+    from .trainer import train
 
     overrides = list(args.set or [])
     if args.output_dir:
@@ -64,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_metrics(result.last_eval)
     if args.samples < 1:
         return 0
-    from .pipeline import TextDiffusionPipeline
+    from ..models.pipeline import TextDiffusionPipeline
 
     pipe = TextDiffusionPipeline.from_pretrained(result.model_dir)
     conditions = result.last_eval.get("sample_conditions")  # data-to-text: validation MRs
@@ -80,7 +69,7 @@ def _template(text: str | None) -> list | None:
     """``--template`` JSON, e.g. '["The Eagle is a", 4, "."]'; checked by the pipeline."""
     if text is None:
         return None
-    from .template import EXAMPLE, TemplateError
+    from ..models.template import EXAMPLE, TemplateError
 
     try:
         return json.loads(text)
@@ -91,7 +80,7 @@ def _template(text: str | None) -> list | None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .pipeline import TextDiffusionPipeline
+    from ..models.pipeline import TextDiffusionPipeline
 
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.overwrite:

@@ -1,0 +1,396 @@
+"""Training with ``accelerate``: one process on a laptop CPU, many GPUs or nodes unchanged.
+
+``train(cfg)`` builds the tokenizer, data, denoiser and forward process from an
+:class:`ExperimentConfig`, runs AdamW with warm-up and decay, gradient clipping and accumulation,
+optional bf16 autocast and EMA weights, validates periodically (every loss term, rounding accuracy
+of x̂_0 at several noise levels, a few samples), logs to ``metrics.jsonl`` and checkpoints so that
+``resume=True`` continues exactly where a run stopped.
+
+Output folder::
+
+    experiment.yaml      the resolved config (a resumed run must match it)
+    tokenizer/           saved before the first step, so a resumed run reads the same one
+    metrics.jsonl        one JSON object per log / evaluation
+    checkpoints/step-N/  accelerate state + EMA weights + trainer_state_R.json + rng_state_R
+    model/               the final model folder (EMA weights), for TextDiffusionPipeline
+
+Exact resume: a run killed at any moment (even by SIGKILL) and rerun with ``resume=True`` goes on
+from its newest usable checkpoint and, on CPU with the same config, ends bit-identical to a run
+never interrupted (weights, optimizer, scheduler, EMA, every RNG, the data position and the
+pending log sums are restored; evaluation does not move the training RNG). On resume
+``metrics.jsonl`` is cut back to the checkpoint's step — what was logged after it is logged
+again — so it reads as the uninterrupted run's, wall-clock ``tokens_per_s`` aside. SIGINT /
+SIGTERM save a checkpoint after the current step and raise :class:`TrainingInterrupted`; a
+non-finite loss raises :class:`TrainingError` naming the step, and no checkpoint follows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from ..diffusion.guidance import condition_positions, drop_conditions
+from ..diffusion.registry import build_process
+from ..models.modeling import make_config, model_class, process_settings, token_ids
+from ..models.pipeline import TextDiffusionPipeline
+from ..models.tokenization import load_tokenizer
+from .batching import tokenize_split
+from .checkpoint import (
+    CheckpointManager,
+    StopSignals,
+    TrainingInterrupted,
+    prepare_run_folder,
+    restore_rng_states,
+    rewind_metrics,
+    rng_states,
+    write_folder,
+)
+from .config import ExperimentConfig
+from .data import DataError, build_tokenizer, iter_texts, load_text_splits
+from .evaluation import validation_terms
+from .optimization import Denoiser, lr_lambda, make_accelerator, param_groups
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path
+    steps: int
+    seconds: float
+    tokens_per_second: float
+    last_eval: dict[str, float]
+
+
+def train(
+    cfg: ExperimentConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the model ``cfg`` describes; returns where it was saved and the last evaluation."""
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+    tc = cfg.train
+    bar = trainer.progress_bar(progress)
+    with StopSignals() as stop:
+        while trainer.step < tc.max_steps:
+            loss = trainer.train_step()
+            interrupted = trainer.after_step(loss, stop.signum is not None)
+            step, last = trainer.step, trainer.step == tc.max_steps
+            bar.update(1)
+            if step % tc.log_every == 0 or last:
+                bar.set_postfix(loss=f"{trainer.log_train()['loss']:.4f}")
+            if step % tc.eval_every == 0 or last:
+                trainer.evaluate()
+            if step % tc.save_every == 0 or last or interrupted:
+                saved = trainer.save()
+            if interrupted:
+                bar.close()
+                raise TrainingInterrupted(step, saved, stop.signum or signal.SIGINT)
+    bar.close()
+    return trainer.finish()
+
+
+class Trainer:
+    """One training run: builds the data, tokenizer, model, process and optimizer from ``cfg``
+    (restoring the newest checkpoint with ``resume``), then takes optimizer steps
+    (:meth:`train_step`, :meth:`after_step`), logs, evaluates, saves and finishes."""
+
+    def __init__(self, cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False):
+        self.cfg, self.tc, self.resume = cfg, cfg.train, resume
+        self.out = Path(self.tc.output_dir)
+        self.accelerator = make_accelerator(self.tc)
+        self.main = self.accelerator.is_main_process
+        splits = load_text_splits(cfg.data)  # bad data is refused before the folder is touched
+        if "train" not in splits:
+            raise DataError(
+                f"the data has no 'train' split (found {sorted(splits)}); name one in "
+                "data.data_files"
+            )
+        if self.main:
+            prepare_run_folder(self.out, cfg, resume=resume, overwrite=overwrite)
+        self.accelerator.wait_for_everyone()
+        from accelerate.utils import set_seed
+
+        set_seed(self.tc.seed + self.accelerator.process_index)
+        self.tokenizer = self._tokenizer(splits["train"])
+        self._tokenize(splits)
+        self._build_model()
+        self._restore()
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.last_eval = self._rewind_metrics() if resume and self.main else {}
+        self.stream = self._batches()
+        self.module.train()
+        self.t0, self.tokens0 = time.perf_counter(), self.state["tokens"]
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken."""
+        return self.state["step"]
+
+    def _rewind_metrics(self) -> dict:
+        """Cut ``metrics.jsonl`` back to the restored step; its evaluation there, if logged."""
+        history = rewind_metrics(self.metrics_path, self.step)
+        last = history[-1] if history else {}
+        if last.get("split") != "valid" or last.get("step") != self.step:
+            return {}
+        return {k: v for k, v in last.items() if k not in ("step", "split")}
+
+    # ------------------------------------------------------------------ building
+    def _tokenizer(self, train_split):
+        """The run's tokenizer: the saved one on resume, else loaded or trained and saved."""
+        tok_dir = self.out / "tokenizer"
+        if self.resume and (tok_dir / "tokenizer.json").is_file():
+            return load_tokenizer(str(tok_dir))
+        columns = ("condition", "text") if self.cfg.process.condition_len else ("text",)
+        limit = 1_000_000 if self.cfg.data.streaming else None
+        tokenizer = build_tokenizer(self.cfg.data, iter_texts(train_split, limit, columns))
+        if self.main:
+            write_folder(tok_dir, tokenizer.save_pretrained)
+        self.accelerator.wait_for_everyone()
+        return tokenizer
+
+    def _tokenize(self, splits) -> None:
+        """The training split and the first validation-like split, as id rows."""
+        cfg, tok = self.cfg, self.tokenizer
+        kwargs = dict(packing=cfg.data.packing, condition_len=cfg.process.condition_len)
+        self.train_split = tokenize_split(
+            splits["train"], tok, cfg.model.seq_len, name="train", **kwargs
+        )
+        val = next((s for s in ("validation", "valid", "test") if s in splits), None)
+        self.val_split = (
+            tokenize_split(splits[val], tok, cfg.model.seq_len, name=val, **kwargs) if val else None
+        )
+
+    def _build_model(self) -> None:
+        """Model, EMA copy, process, AdamW and schedule, prepared by accelerate."""
+        cfg, tc, tok = self.cfg, self.tc, self.tokenizer
+        ids = dict(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        hf_cfg = make_config(
+            cfg.network_config(len(tok)),
+            cfg.process,
+            cfg.sample,
+            mask_token_id=tok.mask_token_id,
+            **ids,
+        )
+        torch.manual_seed(tc.seed)
+        cls = model_class(hf_cfg.model_type)
+        model = cls(hf_cfg)
+        self.process = build_process(process_settings(hf_cfg), token_ids(hf_cfg))
+        self.ema = None
+        if tc.ema_decay > 0:
+            self.ema = cls(hf_cfg).eval()
+            self.ema.load_state_dict(model.state_dict())
+            self.ema.requires_grad_(False)
+        opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.98))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
+        self.prepared, self.opt, self.sched = self.accelerator.prepare(model, opt, sched)
+        self.module = self.accelerator.unwrap_model(self.prepared)
+        if self.ema is not None:
+            self.ema = self.ema.to(self.accelerator.device)
+        self.denoiser = Denoiser(self.prepared, self.module)
+
+    def _restore(self) -> None:
+        """Checkpoints, the noise generator, the trainer state (restored on resume) and the
+        fixed validation batches."""
+        acc, tc = self.accelerator, self.tc
+        self.ckpt = CheckpointManager(self.out / "checkpoints", keep=tc.keep_checkpoints)
+        if self.main:
+            self.ckpt.clean()
+        acc.wait_for_everyone()
+        self.noise_gen = torch.Generator().manual_seed(tc.seed * 1000 + acc.process_index)
+        self.state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0}
+        self.running: dict[str, float] = {}  # loss terms summed since the last log line
+        if self.resume:
+            restored = self.ckpt.load_latest(acc, self.ema)
+            if restored is not None:
+                self.state, rng = restored
+                self.running = self.state.pop("running", {})
+                restore_rng_states(rng, self.noise_gen)
+                logger.info("resumed from step %d", self.state["step"])
+        self.eval_batches = []
+        if self.val_split is not None:
+            batches = self.val_split.batches(tc.batch_size, seed=tc.seed, epoch=0)
+            pairs = zip(batches, range(tc.eval_batches), strict=False)
+            self.eval_batches = [b.to(acc.device) for b, _ in pairs]
+
+    def _batches(self):
+        """(epoch, index, batch) forever, from the saved position on, this rank's share."""
+        tc, acc = self.tc, self.accelerator
+        epoch, start = self.state["epoch"], self.state["batch"]
+        rank, world = acc.process_index, acc.num_processes
+        while True:
+            batches = self.train_split.batches(
+                tc.batch_size, seed=tc.seed, epoch=epoch, start=start, rank=rank, world_size=world
+            )
+            for i, batch in enumerate(batches, start=start):
+                yield epoch, i, batch
+            epoch, start = epoch + 1, 0
+
+    def progress_bar(self, enabled: bool):
+        """A bar over the optimizer steps (a no-op one when disabled or not the main rank)."""
+        from tqdm.auto import tqdm
+
+        disable = not (enabled and self.main)
+        return tqdm(
+            total=self.tc.max_steps,
+            initial=self.step,
+            desc="training",
+            unit="step",
+            disable=disable,
+        )
+
+    # ------------------------------------------------------------------ stepping
+    def train_step(self) -> float:
+        """One optimizer step over ``grad_accum`` batches; returns its mean loss."""
+        tc, acc, C = self.tc, self.accelerator, self.cfg.process.condition_len
+        step_loss = 0.0
+        for _ in range(tc.grad_accum):
+            epoch, index, batch = next(self.stream)
+            batch, extra = batch.to(acc.device), {}
+            if C:  # partial noising; condition dropout for classifier-free guidance
+                p, null = self.cfg.process.condition_dropout, self.tokenizer.mask_token_id
+                batch = drop_conditions(batch, C, null, p, generator=self.noise_gen)
+                extra["clean"] = condition_positions(*batch.shape, C, batch.device)
+            with acc.accumulate(self.prepared), acc.autocast():
+                terms = self.process.loss(self.denoiser, batch, generator=self.noise_gen, **extra)
+                acc.backward(terms.loss)
+                if acc.sync_gradients and tc.clip_grad > 0:
+                    acc.clip_grad_norm_(self.prepared.parameters(), tc.clip_grad)
+                self.opt.step()
+                self.sched.step()
+                self.opt.zero_grad(set_to_none=True)
+            values = terms.floats()
+            for k, v in values.items():
+                self.running[k] = self.running.get(k, 0.0) + v / tc.grad_accum
+            step_loss += values["loss"] / tc.grad_accum
+        world_batch = tc.batch_size * acc.num_processes * tc.grad_accum
+        self.state.update(
+            step=self.step + 1,
+            epoch=epoch,
+            batch=index + 1,
+            tokens=self.state["tokens"] + world_batch * self.cfg.model.seq_len,
+        )
+        return step_loss
+
+    def after_step(self, loss: float, signalled: bool) -> bool:
+        """Stop on a non-finite loss (on any rank), update the EMA weights; returns whether a
+        signal asked to stop (on any rank)."""
+        flags = torch.tensor([float(signalled), float(not math.isfinite(loss))])
+        if self.accelerator.num_processes > 1:
+            flags = self.accelerator.reduce(flags.to(self.accelerator.device), "max").cpu()
+        if flags[1]:
+            self.ckpt.diverged(f"the loss became {loss} at step {self.step}")
+        if self.ema is not None:
+            decay = min(self.tc.ema_decay, (1 + self.step) / (10 + self.step))
+            with torch.no_grad():
+                params = (list(self.ema.parameters()), list(self.module.parameters()))
+                torch._foreach_lerp_(*params, 1 - decay)
+        return bool(flags[0])
+
+    # ------------------------------------------------------------------ logging and saving
+    def log(self, record: dict) -> None:
+        """Append ``record`` to ``metrics.jsonl`` (main rank)."""
+        if self.main:
+            with self.metrics_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def log_train(self) -> dict:
+        """Log the loss terms averaged since the last log line, the learning rate, tokens/s."""
+        n = (
+            self.tc.log_every
+            if self.step % self.tc.log_every == 0
+            else self.step % self.tc.log_every
+        )
+        elapsed = time.perf_counter() - self.t0
+        record = {k: v / n for k, v in self.running.items()}
+        record.update(
+            step=self.step,
+            split="train",
+            lr=self.sched.get_last_lr()[0],
+            tokens_per_s=(self.state["tokens"] - self.tokens0) / max(elapsed, 1e-9),
+        )
+        self.log(record)
+        self.running = {}
+        return record
+
+    def evaluate(self) -> dict:
+        """Validation loss terms, accuracy by noise level and a few samples, on their own
+        seeds (the training RNG does not move); logged and kept as :attr:`last_eval`."""
+        devices = [self.accelerator.device] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            record = self._evaluate()
+        self.module.train()
+        self.log({"step": self.step, "split": "valid", **record})
+        self.last_eval = record
+        return record
+
+    @torch.no_grad()
+    def _evaluate(self) -> dict:
+        tc, C = self.tc, self.cfg.process.condition_len
+        model = self.ema if self.ema is not None else self.module
+        pipe = TextDiffusionPipeline(model, self.tokenizer, precision=tc.precision)
+        record = (
+            validation_terms(pipe, self.eval_batches, seed=tc.seed) if self.eval_batches else {}
+        )
+        if tc.eval_samples:
+            steps = min(self.cfg.sample.steps, 100, pipe.max_steps or 100)
+            n, conditions = tc.eval_samples, None
+            if C:  # data-to-text: sentences for the first distinct MRs of the validation split
+                conditions = list(dict.fromkeys((self.val_split or self.train_split).cond))[:n]
+                record["sample_conditions"] = conditions
+                n = len(conditions)
+            record["samples"] = pipe.generate(
+                n, seed=tc.seed, num_steps=steps, condition=conditions
+            )
+        return record
+
+    def save(self) -> Path:
+        """A checkpoint of the current step (refused if the weights became non-finite)."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.module.parameters()):
+            self.ckpt.diverged(f"the weights became non-finite at step {self.step}")
+        state = {**self.state, "running": self.running}
+        return self.ckpt.save(self.accelerator, self.ema, state, rng_states(self.noise_gen))
+
+    def finish(self) -> TrainResult:
+        """Evaluate if the run's last evaluation is missing, log the ranks' weight checksums,
+        write ``model/`` (the EMA weights) and return the result."""
+        acc = self.accelerator
+        if not self.last_eval:  # resumed a run that had finished before its last evaluation
+            self.evaluate()
+        seconds = time.perf_counter() - self.t0
+        with torch.no_grad():  # every rank must hold the same weights
+            checksum = torch.stack([p.double().sum() for p in self.module.parameters()]).sum()
+        sums = acc.gather(checksum.reshape(1).to(acc.device)).tolist()
+        self.log(
+            {
+                "step": self.step,
+                "split": "final",
+                "world_size": acc.num_processes,
+                "param_checksums": sums,
+                "ranks_in_sync": len(set(sums)) == 1,
+            }
+        )
+        model_dir = self.out / "model"
+        if self.main:
+            final = self.ema if self.ema is not None else self.module
+
+            def write_model(folder: Path) -> None:
+                TextDiffusionPipeline(final, self.tokenizer).save_pretrained(folder)
+                shutil.copyfile(self.out / "experiment.yaml", folder / "experiment.yaml")
+
+            write_folder(model_dir, write_model)
+        acc.wait_for_everyone()
+        acc.end_training()
+        tokens_per_s = (self.state["tokens"] - self.tokens0) / max(seconds, 1e-9)
+        return TrainResult(self.out, model_dir, self.step, seconds, tokens_per_s, self.last_eval)

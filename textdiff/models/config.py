@@ -1,0 +1,60 @@
+"""The denoiser network's own settings (DESIGN.md §1): the ``model:`` section of an experiment
+and the network fields of a model's ``config.json``. The network is given this and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..schema import ConfigError, check_positive
+
+
+@dataclass
+class ModelConfig:
+    """The denoiser network (DESIGN.md §1)."""
+
+    vocab_size: int = 0  # set from the tokenizer when 0
+    seq_len: int = 64  # n: every sentence is padded / truncated to this many tokens
+    embed_dim: int = 16  # d: word-table width (Diffusion-LM's E2E model uses 16)
+    pos_dim: int = 32  # d_p: sinusoidal position features concatenated to the word part
+    hidden_size: int = 256  # D: Transformer width
+    num_layers: int = 6
+    num_heads: int = 4
+    mlp_ratio: float = 4.0  # feed-forward width = mlp_ratio * D
+    dropout: float = 0.1
+    # embedding: head D→d, a clean-embedding (or noise) prediction; logits: head D→V (mask
+    # noise, or Gaussian noise with process.prediction=posterior); auto: chosen from the process
+    output: Literal["auto", "embedding", "logits"] = "auto"
+    readout_scale: float = 1.0  # tied read-out logits = readout_scale · x · Eᵀ
+    # the denoiser also reads its own previous x̂_0 (Chen et al., 2022): H_t = [h_t ; x̂_0' ; e]
+    self_conditioning: bool = False
+    # rotary phases on each head's queries and keys (Su et al., 2021): attention scores see
+    # relative offsets directly; the concatenated sinusoidal e is kept either way
+    rotary: bool = False
+
+    def check(self) -> None:
+        check_positive(
+            self,
+            "seq_len",
+            "embed_dim",
+            "pos_dim",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "mlp_ratio",
+        )
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads "
+                f"({self.num_heads})"
+            )
+        if self.pos_dim % 2:
+            raise ConfigError(f"model.pos_dim must be even (sin/cos pairs), got {self.pos_dim}")
+        if self.rotary and (self.hidden_size // self.num_heads) % 2:
+            raise ConfigError(
+                "model.rotary needs an even head width (hidden_size / num_heads), got "
+                f"{self.hidden_size // self.num_heads}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")

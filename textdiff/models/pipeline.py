@@ -1,0 +1,251 @@
+"""``TextDiffusionPipeline``: a trained model folder in, sentences out.
+
+The pipeline wires the three parts of a model: the network (:mod:`textdiff.models.modeling`),
+its forward process (built from the registry, :mod:`textdiff.diffusion.registry`) and the
+tokenizer, and runs the sampling loop (:mod:`textdiff.diffusion.loop`) batch by batch. Model
+folders are checked before any weight is read (:mod:`textdiff.models.folder`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..diffusion.loop import sample as sample_loop
+from ..diffusion.noise import Noise
+from ..diffusion.registry import get_process_spec
+from ..diffusion.rounding import Rounder
+from ..diffusion.settings import SampleConfig
+from ..schema import from_dict
+from .conditional import Request, prepare_request
+from .devices import autocast
+from .folder import ModelFolderError, check_model_folder
+from .modeling import model_class, process_settings, sequence_length, token_ids
+
+__all__ = ["TextDiffusionPipeline", "GenerationOutput", "ModelFolderError"]
+
+
+@dataclass
+class GenerationOutput:
+    """Generated ``texts``; ``ids`` (N, L); the last x̂_0 (N, L, d) of Gaussian models;
+    per-batch trajectories when asked for; ``nfe`` the number of network calls made; ``info``
+    sampler statistics."""
+
+    texts: list[str]
+    ids: Tensor
+    x0: Tensor | None
+    trajectory: list[list[Tensor]] | None
+    nfe: int
+    info: dict[str, float]
+
+
+class TextDiffusionPipeline:
+    """Generates text with a trained denoiser, its forward process and tokenizer."""
+
+    def __init__(self, model, tokenizer, precision: str = "auto"):
+        self.model, self.tokenizer, self.precision = model.eval(), tokenizer, precision
+        self.settings = process_settings(model.config)
+        self.spec = get_process_spec(self.settings.noise)
+        self.process = self.spec.build(self.settings, token_ids(model.config))
+        self.seq_len = sequence_length(model.config)
+        self._rounder: Rounder | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, *, device: str | torch.device = "cpu", precision: str = "auto"
+    ) -> TextDiffusionPipeline:
+        """Load a model folder written by :meth:`save_pretrained` or by training.
+
+        Raises:
+            ModelFolderError: A file is missing or unreadable, or the files do not fit together
+                (weights vs ``config.json``, tokenizer vs vocabulary size).
+        """
+        from .tokenization import TokenizerError, load_tokenizer
+
+        folder = Path(folder)
+        model_type = check_model_folder(folder)
+        try:
+            tokenizer = load_tokenizer(str(folder))
+        except TokenizerError as e:
+            raise ModelFolderError(str(e)) from None
+        model = model_class(model_type).from_pretrained(folder, use_safetensors=True).to(device)
+        if len(tokenizer) != model.config.vocab_size:
+            raise ModelFolderError(
+                f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "
+                f"is {model.config.vocab_size}; the folder mixes files from different runs"
+            )
+        return cls(model, tokenizer, precision)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write ``config.json``, ``model.safetensors`` and the tokenizer files."""
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+
+    @property
+    def max_steps(self) -> int | None:
+        """The most sampling steps the model supports: the ``T`` of a discrete Gaussian chain
+        (``process.chain_length``), whose grid the model is defined and evaluated on; ``None``
+        (no limit) otherwise."""
+        return getattr(self.process, "chain_length", None)
+
+    @property
+    def condition_len(self) -> int:
+        """Positions of the condition part of a data-to-text model (0: unconditional)."""
+        return self.settings.condition_len
+
+    @property
+    def sample_defaults(self) -> SampleConfig:
+        """The generation defaults saved with the model (``config.json`` ``sample``)."""
+        return from_dict(SampleConfig, self.model.config.sample, "sample")
+
+    @property
+    def rounder(self) -> Rounder | None:
+        """FAISS index over the current word table, rebuilt if the weights changed (``None`` for
+        a model without one, the autoregressive baseline)."""
+        if not hasattr(self.model, "word_embedding"):
+            return None
+        weight = self.model.word_embedding.weight
+        if self._rounder is None:
+            self._rounder = Rounder(weight)
+        else:
+            self._rounder.update(weight)
+        return self._rounder
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        num_samples: int,
+        *,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        seed: int | None = 0,
+        batch_size: int = 64,
+        clamp: bool | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        return_ids: bool = False,
+        return_trajectory: bool = False,
+        progress: bool = False,
+        seq_len: int | None = None,
+        template: Sequence[str | int] | None = None,
+        condition: str | Sequence[str] | None = None,
+        guidance_scale: float = 1.0,
+    ) -> list[str] | GenerationOutput:
+        """Generate ``num_samples`` sentences.
+
+        Settings left as ``None`` take the model's saved defaults (``config.sample``). The same
+        ``seed`` and ``batch_size`` give the same text. Returns the texts, or a
+        :class:`GenerationOutput` when ``return_ids`` or ``return_trajectory`` is set.
+
+        ``template``, e.g. ``["The Eagle is a", 4, "near Burger King ."]``: known text (str)
+        is held fixed and each span (int ≥ 1) of that many tokens is generated
+        (:mod:`textdiff.models.template`; an invalid one raises ``TemplateError``). For a
+        data-to-text model (``process.condition_len > 0``), ``condition`` is the meaning
+        representation: one string for all samples or one per sample; ``None`` is the null
+        condition (unconditional sampling). ``guidance_scale`` ``s`` is classifier-free
+        guidance (:mod:`textdiff.diffusion.guidance`): 1 conditional, 0 unconditional (exactly
+        the null condition), > 1 sharper. For such a model ``ids`` and ``x0`` cover the sentence
+        part only (positions ``condition_len`` on); the trajectory covers whole rows.
+        """
+        overrides = dict(sampler=sampler, steps=num_steps, clamp=clamp)
+        overrides.update(temperature=temperature, top_p=top_p)
+        settings = self._sample_settings(overrides)
+        length = self._check_shape(num_samples, batch_size, seq_len)
+        request = prepare_request(
+            self.tokenizer,
+            self.settings,
+            num_samples,
+            length,
+            template=template,
+            condition=condition,
+            guidance_scale=guidance_scale,
+        )
+        seed = seed if seed is not None else torch.seed() % 2**63
+        noise = Noise(torch.Generator().manual_seed(seed))
+        bar = functools.partial(_bar, enabled=progress)
+        outputs = [
+            self._sample_batch(
+                request,
+                lo,
+                min(batch_size, num_samples - lo),
+                length,
+                settings,
+                noise,
+                bar,
+                return_trajectory,
+            )
+            for lo in range(0, num_samples, batch_size)
+        ]
+        return self._decode(request, outputs, return_ids or return_trajectory, return_trajectory)
+
+    def _sample_settings(self, overrides: dict) -> SampleConfig:
+        """The saved defaults with ``overrides`` (those not None), checked as the config is."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        settings = dataclasses.replace(self.sample_defaults, **given)
+        if "steps" in given and not (isinstance(settings.steps, int) and settings.steps >= 1):
+            raise ValueError(f"num_steps must be at least 1, got {settings.steps}")
+        settings.check()
+        self.spec.check_sample(self.settings, settings, where="")
+        return settings
+
+    def _check_shape(self, num_samples: int, batch_size: int, seq_len: int | None) -> int:
+        length = self.seq_len if seq_len is None else seq_len
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 1 <= length <= self.seq_len:
+            raise ValueError(f"seq_len must be in 1..{self.seq_len}, got {length}")
+        if self.condition_len and length != self.seq_len:
+            raise ValueError("a data-to-text model generates its full length; leave seq_len unset")
+        return length
+
+    def _sample_batch(
+        self, request: Request, lo: int, n: int, length: int, settings, noise, bar, trajectory
+    ):
+        options = {k: getattr(settings, k) for k in ("clamp", "temperature", "top_p")}
+        with autocast(self.model.device, self.precision):
+            return sample_loop(
+                self.process,
+                request.denoiser(self.model, lo, n, length),
+                (n, length),
+                steps=settings.steps,
+                sampler=settings.sampler,
+                noise=noise,
+                known=request.known(lo, n, length),
+                rounder=self.rounder,
+                progress=bar,
+                return_trajectory=trajectory,
+                **options,
+            )
+
+    def _decode(self, request: Request, outputs: list, full: bool, trajectory: bool):
+        """Texts (and, if ``full``, a :class:`GenerationOutput`) from the batches' outputs."""
+        ids = torch.cat([out.ids.cpu() for out in outputs])
+        texts, info = request.texts(self.tokenizer, ids)
+        if not full:
+            return texts
+        for out in outputs:
+            for k, v in out.info.items():
+                info[k] = info.get(k, 0.0) + v
+        C = self.condition_len
+        x0s = [out.x0.float().cpu() for out in outputs if out.x0 is not None]
+        x0 = torch.cat(x0s)[:, C:] if x0s else None
+        trajectories = [out.trajectory for out in outputs] if trajectory else None
+        nfe = sum(out.nfe for out in outputs)
+        return GenerationOutput(texts, ids[:, C:], x0, trajectories, nfe, info)
+
+
+def _bar(steps, enabled: bool):
+    """A progress bar over a batch's sampling steps (or the steps themselves)."""
+    if not enabled:
+        return steps
+    from tqdm.auto import tqdm
+
+    return tqdm(steps, desc="sampling", leave=False)
