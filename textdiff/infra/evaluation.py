@@ -249,16 +249,7 @@ def evaluate_model(
         "left_out_too_long": data.left_out,
     }
     report["bound"] = nll_bound(pipe, data.ids, num_t=num_t, seed=seed, progress=progress)
-    report["acc_by_t"] = accuracy_by_t(
-        pipe.process,
-        pipe.model,
-        data.batches(acc_sentences, pipe.model.device),
-        pad_id=pipe.tokenizer.pad_token_id,
-        generator=torch.Generator().manual_seed(seed),
-        rounder=pipe.rounder,
-        condition_len=pipe.condition_len,
-        precision=partial(autocast, pipe.model.device, pipe.precision),
-    )
+    report["acc_by_t"] = _accuracy(pipe, data.batches(acc_sentences, pipe.model.device), seed)
     generation = dict(num_steps=steps, sampler=sampler, seed=seed, guidance_scale=guidance_scale)
     gen, report["samples"] = sample_quality(pipe, data, num_samples, progress, **generation)
     if reference_model is not None:
@@ -273,6 +264,20 @@ def evaluate_model(
         )
     report["summary"] = _summary(report)
     return report
+
+
+def _accuracy(pipe: TextDiffusionPipeline, batches: list[torch.Tensor], seed: int) -> dict:
+    """:func:`accuracy_by_t` of a model folder's pipeline, in its precision."""
+    return accuracy_by_t(
+        pipe.process,
+        pipe.model,
+        batches,
+        pad_id=pipe.tokenizer.pad_token_id,
+        generator=torch.Generator().manual_seed(seed),
+        rounder=pipe.rounder,
+        condition_len=pipe.condition_len,
+        precision=partial(autocast, pipe.model.device, pipe.precision),
+    )
 
 
 @dataclass

@@ -154,34 +154,19 @@ class TextDiffusionPipeline:
         part only (positions ``condition_len`` on); the trajectory covers whole rows.
         """
         overrides = dict(sampler=sampler, steps=num_steps, clamp=clamp)
-        overrides.update(temperature=temperature, top_p=top_p)
-        settings = self._sample_settings(overrides)
+        settings = self._sample_settings({**overrides, "temperature": temperature, "top_p": top_p})
         length = self._check_shape(num_samples, batch_size, seq_len)
+        conditioning = dict(template=template, condition=condition, guidance_scale=guidance_scale)
         request = prepare_request(
-            self.tokenizer,
-            self.settings,
-            num_samples,
-            length,
-            template=template,
-            condition=condition,
-            guidance_scale=guidance_scale,
+            self.tokenizer, self.settings, num_samples, length, **conditioning
         )
         seed = seed if seed is not None else torch.seed() % 2**63
-        noise = Noise(torch.Generator().manual_seed(seed))
-        bar = functools.partial(_bar, enabled=progress)
-        outputs = [
-            self._sample_batch(
-                request,
-                lo,
-                min(batch_size, num_samples - lo),
-                length,
-                settings,
-                noise,
-                bar,
-                return_trajectory,
-            )
-            for lo in range(0, num_samples, batch_size)
-        ]
+        run = dict(settings=settings, noise=Noise(torch.Generator().manual_seed(seed)))
+        run.update(bar=functools.partial(_bar, enabled=progress), trajectory=return_trajectory)
+        outputs = []
+        for lo in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - lo)
+            outputs.append(self._sample_batch(request, lo, n, length, **run))
         return self._decode(request, outputs, return_ids or return_trajectory, return_trajectory)
 
     def _sample_settings(self, overrides: dict) -> SampleConfig:

@@ -86,6 +86,18 @@ def train_tokenizer(
     return tok
 
 
+def _add_missing_roles(tok: PreTrainedTokenizerFast, name: str) -> None:
+    """Add ``[PAD]`` / ``[EOS]`` / ``[MASK]`` / ``[UNK]`` for the roles ``tok`` lacks."""
+    missing = {role: token for role, token in _ROLES.items() if getattr(tok, role) is None}
+    if missing:
+        before = len(tok)
+        tok.add_special_tokens(missing)
+        logger.warning(
+            "tokenizer %r lacked %s; added %s, vocabulary grew from %d to %d",
+            *(name, ", ".join(missing), " ".join(missing.values()), before, len(tok)),
+        )
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
     """Load a fast tokenizer from a folder saved with ``save_pretrained`` or from the hub.
 
@@ -135,18 +147,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
             f"tokenizer {name_or_path!r} is not a fast (tokenizers-backed) tokenizer; "
             "save one with a tokenizer.json"
         )
-    missing = {role: token for role, token in _ROLES.items() if getattr(tok, role) is None}
-    if missing:
-        before = len(tok)
-        tok.add_special_tokens(missing)
-        logger.warning(
-            "tokenizer %r lacked %s; added %s, vocabulary grew from %d to %d",
-            name_or_path,
-            ", ".join(missing),
-            " ".join(missing.values()),
-            before,
-            len(tok),
-        )
+    _add_missing_roles(tok, name_or_path)
     return tok
 
 
