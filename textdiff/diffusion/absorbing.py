@@ -5,9 +5,9 @@ keep-probability, ``α(0) = 1``, ``α(1) = 0``. The denoiser sees ``H_t = [E[z_t
 [MASK] row in ``E``) and outputs token logits. It is not told ``t``: the number of masks carries
 it (MDLM, §3.2), and it makes reusing a network output across steps where nothing changed exact.
 
-Sampling (``ancestral``) starts from all-[MASK]; from ``t`` to ``s`` each masked position is
-revealed with probability ``(α(s) − α(t)) / (1 − α(t))``, its token drawn from ``p_θ(· | z_t)``
-after ``temperature`` and nucleus ``top_p`` filtering.
+Sampling starts from all-[MASK] and reveals positions step by step; the samplers (ancestral,
+confidence ordering, threshold decoding, remasking) are in
+:mod:`textdiff.diffusion.absorbing_samplers`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Denoiser, ForwardProcess, LossTerms, Run, Sampler, stratified_times
+from .absorbing_samplers import MASK_SAMPLERS
+from .base import Denoiser, ForwardProcess, LossTerms, Run, stratified_times
 from .schedules import KeepSchedule, get_keep_schedule
 
 T_MIN = 1e-5  # times are drawn from [T_MIN, 1]: at t → 0 nothing is masked and the weight → ∞
@@ -27,17 +28,25 @@ class MaskProcess(ForwardProcess):
     Args:
         schedule: the keep-probability ``α(t)`` (``linear``: ``1 − t``, or ``cosine``).
         mask_id: the id of the [MASK] token.
+        pad_id, eos_id: the ids of [PAD] and [EOS] (needed to place a length first).
     """
 
     name = "mask"
-    samplers: dict[str, Sampler] = {}  # filled in below the class
+    samplers = MASK_SAMPLERS
     default_sampler = "ancestral"
     sample_options = {"temperature": 1.0, "top_p": 1.0}
     time_conditioned = False
 
-    def __init__(self, schedule: KeepSchedule | str = "linear", *, mask_id: int):
+    def __init__(
+        self,
+        schedule: KeepSchedule | str = "linear",
+        *,
+        mask_id: int,
+        pad_id: int | None = None,
+        eos_id: int | None = None,
+    ):
         self.schedule = get_keep_schedule(schedule) if isinstance(schedule, str) else schedule
-        self.mask_id = mask_id
+        self.mask_id, self.pad_id, self.eos_id = mask_id, pad_id, eos_id
 
     def q_sample(
         self, ids: Tensor, t: Tensor | float, *, generator: torch.Generator | None = None
@@ -122,43 +131,35 @@ class MaskProcess(ForwardProcess):
 
     # ------------------------------------------------------------------ sampling
     def prior(self, run: Run, shape: tuple[int, int]) -> Tensor:
-        """All-[MASK] ids (B, L)."""
-        return torch.full(shape, self.mask_id, dtype=torch.long, device=run.model.device)
+        """All-[MASK] ids (B, L); the positions held fixed (known tokens) start as held."""
+        device = run.model.device
+        held = torch.zeros(shape, dtype=torch.bool, device=device)
+        held_ids = torch.full(shape, self.mask_id, dtype=torch.long, device=device)
+        if run.known is not None:
+            held, held_ids = run.known.mask.to(device), run.known.ids.to(device)
+        run.memory.update(held=held, held_ids=held_ids)
+        run.memory["confidence"] = torch.full(shape, float("inf"), dtype=torch.float64)
+        return torch.full(shape, self.mask_id, dtype=torch.long, device=device)
 
     def impose(self, run: Run, z: Tensor, t) -> Tensor:
-        """Known tokens are never masked and never revealed: they are simply in ``z``."""
-        if run.known is None:
-            return z
-        known = run.known
-        return torch.where(known.mask.to(z.device), known.ids.to(z.device), z)
+        """Held tokens (known ones, and a length placed by ``length_first``) are never masked
+        and never revealed: they are simply in ``z``."""
+        return torch.where(run.memory["held"], run.memory["held_ids"], z)
 
     def predict(self, run: Run, z: Tensor, t, prev) -> Tensor:
-        """``p_θ(· | z_t)`` (B, L, V) after ``temperature`` and ``top_p``."""
-        return filter_probs(
-            self.log_probs(run.model, z), run.options["temperature"], run.options["top_p"]
-        )
+        """``p_θ(· | z_t)`` (B, L, V) after ``temperature`` and ``top_p``; where a length was
+        placed first, the positions before its [EOS] cannot be [PAD] or [EOS]."""
+        log_probs = self.log_probs(run.model, z)
+        run.memory["log_probs"] = log_probs
+        content = run.memory.get("content")
+        if content is not None:
+            banned = torch.zeros(log_probs.shape[-1], dtype=torch.bool, device=z.device)
+            banned[[self.pad_id, self.eos_id]] = True
+            log_probs = log_probs.masked_fill(content[..., None] & banned, float("-inf"))
+        return filter_probs(log_probs, run.options["temperature"], run.options["top_p"])
 
     def finish(self, run: Run, z: Tensor, x0) -> tuple[Tensor, None]:
         return self.impose(run, z, 0.0), None
-
-
-def ancestral_step(process: MaskProcess, z: Tensor, probs: Tensor, t, s, run: Run):
-    """Reveal each masked position with probability ``(α(s) − α(t)) / (1 − α(t))`` and draw its
-    token from ``probs`` (DESIGN.md §3); known positions stay as they are."""
-    a_t, a_s = process.schedule.alpha(t).item(), process.schedule.alpha(s).item()
-    reveal_p = (a_s - a_t) / (1 - a_t)
-    u = run.noise.uniform(z.shape, z.device)
-    reveal = (z == process.mask_id) & (u < reveal_p)
-    if run.known is not None:
-        reveal &= ~run.known.mask.to(z.device)
-    if reveal.any():  # draw tokens of p_θ(· | z_t) only where something is revealed
-        rows = reveal.nonzero()[:, 0]
-        z = z.clone()
-        z[reveal] = run.noise.categorical(probs[reveal], rows)
-    return z, z
-
-
-MaskProcess.samplers = {"ancestral": Sampler(ancestral_step)}
 
 
 def filter_probs(log_probs: Tensor, temperature: float, top_p: float) -> Tensor:

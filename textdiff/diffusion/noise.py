@@ -63,8 +63,11 @@ class RowNoise(Noise):
         return torch.stack(rows).to(device)
 
     def categorical(self, probs: Tensor, rows: Tensor) -> Tensor:
+        """As :meth:`Noise.categorical`, from each row's own generator, in float64: a float32
+        draw cannot reach tokens whose probability is below its resolution (Zheng et al.,
+        2024, on masked-diffusion sampling)."""
         device, out = probs.device, torch.empty(len(probs), dtype=torch.long)
-        probs, rows = probs.cpu(), rows.cpu()
+        probs, rows = probs.cpu().double(), rows.cpu()
         for b in rows.unique().tolist():
             where = rows == b
             out[where] = torch.multinomial(probs[where], 1, generator=self.generators[b])[:, 0]

@@ -155,7 +155,9 @@ register_process(
     ProcessSpec(
         "mask",
         MaskProcess,
-        lambda p, ids: MaskProcess(p.schedule, mask_id=_mask_id(ids)),
+        lambda p, ids: MaskProcess(
+            p.schedule, mask_id=_mask_id(ids), pad_id=ids["pad"], eos_id=ids["eos"]
+        ),
         schedules=tuple(KEEP_SCHEDULES),
     )
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from ..schema import ConfigError, check_positive
 
@@ -64,6 +64,10 @@ class SampleConfig:
     clamp: bool = False  # snap x̂_0 to the nearest word row at every step (Gaussian)
     temperature: float = 1.0  # mask, AR; Gaussian with prediction=posterior (sharpens x̂_0)
     top_p: float = 1.0  # mask, AR: nucleus sampling
+    # per-sample: sample i of a call with seed s draws from its own generator, so it is the same
+    # sentence alone or in any batch; shared: one generator for the batch (textdiff 0.1, and
+    # what model folders saved by it keep)
+    seeding: Literal["per-sample", "shared"] = "per-sample"
 
     def check(self) -> None:
         check_positive(self, "steps", "temperature", "top_p")
@@ -72,3 +76,12 @@ class SampleConfig:
                 raise ConfigError(f"sample.{name} must be finite, got {getattr(self, name)}")
         if self.top_p > 1:
             raise ConfigError(f"sample.top_p must be in (0, 1], got {self.top_p}")
+
+
+def saved_sample_settings(saved: dict[str, Any] | None) -> dict[str, Any]:
+    """A model's saved ``sample`` entry with what textdiff 0.1 did not write filled in as it
+    behaved: one generator shared by the batch."""
+    saved = dict(saved or {})
+    if saved:
+        saved.setdefault("seeding", "shared")
+    return saved

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..diffusion.registry import get_process_spec
-from ..diffusion.settings import ProcessConfig, SampleConfig
+from ..diffusion.settings import ProcessConfig, SampleConfig, saved_sample_settings
 from ..schema import from_dict
 from .config import ModelConfig
 
@@ -63,7 +63,7 @@ class TextDiffusionConfig(PretrainedConfig):
         for key, value in asdict(from_dict(ModelConfig, net, "model")).items():
             setattr(self, key, value)
         self.process = asdict(from_dict(ProcessConfig, process, "process"))
-        self.sample = asdict(from_dict(SampleConfig, sample, "sample"))
+        self.sample = asdict(from_dict(SampleConfig, saved_sample_settings(sample), "sample"))
         self.mask_token_id = mask_token_id
         super().__init__(**kwargs)
 

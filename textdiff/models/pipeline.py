@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 
 from ..diffusion.loop import sample as sample_loop
-from ..diffusion.noise import Noise
+from ..diffusion.noise import Noise, RowNoise
 from ..diffusion.registry import get_process_spec
 from ..diffusion.rounding import Rounder
-from ..diffusion.settings import SampleConfig
+from ..diffusion.settings import SampleConfig, saved_sample_settings
 from ..schema import from_dict
 from .conditional import Request, prepare_request
 from .devices import autocast
@@ -102,7 +102,7 @@ class TextDiffusionPipeline:
     @property
     def sample_defaults(self) -> SampleConfig:
         """The generation defaults saved with the model (``config.json`` ``sample``)."""
-        return from_dict(SampleConfig, self.model.config.sample, "sample")
+        return from_dict(SampleConfig, saved_sample_settings(self.model.config.sample), "sample")
 
     @property
     def rounder(self) -> Rounder | None:
@@ -140,8 +140,10 @@ class TextDiffusionPipeline:
         """Generate ``num_samples`` sentences.
 
         Settings left as ``None`` take the model's saved defaults (``config.sample``). The same
-        ``seed`` and ``batch_size`` give the same text. Returns the texts, or a
-        :class:`GenerationOutput` when ``return_ids`` or ``return_trajectory`` is set.
+        ``seed`` gives the same text; with ``sample.seeding: per-sample`` (the default of new
+        models) sample ``i`` is the same sentence whatever ``batch_size`` or ``num_samples``.
+        Returns the texts, or a :class:`GenerationOutput` when ``return_ids`` or
+        ``return_trajectory`` is set.
 
         ``template``, e.g. ``["The Eagle is a", 4, "near Burger King ."]``: known text (str)
         is held fixed and each span (int ≥ 1) of that many tokens is generated
@@ -161,12 +163,14 @@ class TextDiffusionPipeline:
             self.tokenizer, self.settings, num_samples, length, **conditioning
         )
         seed = seed if seed is not None else torch.seed() % 2**63
-        run = dict(settings=settings, noise=Noise(torch.Generator().manual_seed(seed)))
-        run.update(bar=functools.partial(_bar, enabled=progress), trajectory=return_trajectory)
+        shared = Noise(torch.Generator().manual_seed(seed))
+        run = dict(settings=settings, bar=functools.partial(_bar, enabled=progress))
+        run["trajectory"] = return_trajectory
         outputs = []
         for lo in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - lo)
-            outputs.append(self._sample_batch(request, lo, n, length, **run))
+            noise = shared if settings.seeding == "shared" else RowNoise(seed, lo, n)
+            outputs.append(self._sample_batch(request, lo, n, length, noise=noise, **run))
         return self._decode(request, outputs, return_ids or return_trajectory, return_trajectory)
 
     def _sample_settings(self, overrides: dict) -> SampleConfig:
@@ -194,6 +198,7 @@ class TextDiffusionPipeline:
     def _sample_batch(
         self, request: Request, lo: int, n: int, length: int, settings, noise, bar, trajectory
     ):
+        """One batch of samples ``lo .. lo + n`` through the sampling loop."""
         options = {k: getattr(settings, k) for k in ("clamp", "temperature", "top_p")}
         with autocast(self.model.device, self.precision):
             return sample_loop(
