@@ -173,7 +173,7 @@ class MaskSampler(Sampler):
         if run.options["length_first"]:
             yield 1.0, 1.0, length_step
         rounds = run.options["remask_steps"]
-        grid = self.grid(process, steps)
+        grid = self.grid(process, steps, run.options)
         for i, (t, s) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
             remask_after = rounds > 0 and (self.early_stop or i == len(grid) - 2)
             yield t, s, partial(_then, self.step, remask_after)

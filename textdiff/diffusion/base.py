@@ -137,7 +137,7 @@ def time_grid(steps: int, t_max: float = 1.0, t_min: float = 0.0) -> Tensor:
     return torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)
 
 
-def uniform_grid(process: ForwardProcess, steps: int) -> Tensor:
+def uniform_grid(process: ForwardProcess, steps: int, options: dict) -> Tensor:
     """The default grid of a sampler: ``steps`` equal steps of time from 1 to 0."""
     return time_grid(steps)
 
@@ -149,7 +149,7 @@ class Sampler:
     steps read from :attr:`Run.options` with their defaults."""
 
     step: Step
-    grid: Callable[[ForwardProcess, int], Tensor] = uniform_grid
+    grid: Callable[[ForwardProcess, int, dict], Tensor] = uniform_grid
     corrector: Step | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -157,7 +157,7 @@ class Sampler:
         """``(t, s, step)`` for every network call: each grid step, then (with a corrector)
         ``corrector_steps`` corrector steps at ``s`` unless ``s`` is the end of time; a
         corrector step is told the time ``after`` its predictor started from."""
-        grid = self.grid(process, steps)
+        grid = self.grid(process, steps, run.options)
         for t, s in zip(grid[:-1], grid[1:], strict=True):
             yield t, s, self.step
             if self.corrector is not None and s > 0:

@@ -8,14 +8,21 @@ latent and that ``x̂_0``:
 - ``ddim``: ``h_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z`` with ``σ² = η² β̃`` (Song et al.,
   2021, eq. 12; ``η = 0`` is deterministic, ``η = 1`` is DDPM);
 - ``pc``: a ``ddpm`` predictor, then ``corrector_steps`` annealed-Langevin corrector steps at
-  ``s`` (:func:`langevin_step`).
+  ``s`` (:func:`langevin_step`);
+- ``dpm-solver``: DPM-Solver++(2M) (Lu et al., 2022), a second-order multistep solver of the
+  probability-flow ODE in x̂_0 form, on a grid uniform in ``λ = ½ log SNR``
+  (:func:`dpm_solver_step`); ``dpm-solver-sde`` is its stochastic variant (SDE-DPM-Solver++(2M),
+  whose first-order step is exactly ``ddpm``).
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor
 
-from .base import Run, Sampler
+from .base import Run, Sampler, time_grid
 
 
 def ddpm_step(process, x_t: Tensor, x0_hat: Tensor, t, s, run: Run) -> tuple[Tensor, Tensor]:
@@ -54,8 +61,53 @@ def langevin_step(
     return x + step * score + (2 * step).sqrt() * z, x0_hat
 
 
+def half_log_snr_grid(process, steps: int, options: dict) -> Tensor:
+    """``steps`` steps from ``t = 1`` to ``0`` uniform in ``λ = ½ log SNR`` (option
+    ``grid: logsnr``), or uniform in time (``grid: time``)."""
+    if options.get("grid", "logsnr") == "time":
+        return time_grid(steps)
+    schedule = process.schedule
+    ends = schedule.half_log_snr(torch.tensor([1.0, 0.0], dtype=torch.float64))
+    lam = torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64)
+    t = schedule.time_of_half_log_snr(lam)
+    t[0], t[-1] = 1.0, 0.0
+    return t
+
+
+def dpm_solver_step(process, x_t: Tensor, x0_hat: Tensor, t, s, run: Run):
+    """One DPM-Solver++(2M) step ``t → s`` (Lu et al., 2022, Alg. 2), ``h = λ_s − λ_t``:
+
+    ``x_s = (σ_s / σ_t) x_t + α_s (1 − e^{−h}) D`` (ODE), or with ``sde``
+    ``x_s = (σ_s / σ_t) e^{−h} x_t + α_s (1 − e^{−2h}) D + σ_s √(1 − e^{−2h}) z``,
+    where ``α = √ᾱ``, ``σ = √(1 − ᾱ)`` and ``D = x̂_0`` at the first step (and with
+    ``order: 1``), else ``D = (1 + 1/(2r)) x̂_0 − 1/(2r) x̂_0'`` with ``x̂_0'`` the previous
+    step's estimate and ``r = h' / h`` the ratio of the steps."""
+    sched = process.schedule
+    lam_t, lam_s = sched.half_log_snr(t), sched.half_log_snr(s)
+    a_s, a_t = process.alpha_bar(s), process.alpha_bar(t)
+    alpha_s, sigma_s, sigma_t = a_s.sqrt().item(), (1 - a_s).sqrt().item(), (1 - a_t).sqrt().item()
+    h = (lam_s - lam_t).item()
+    D, previous = x0_hat, run.memory.get("dpm_previous")
+    if previous is not None and run.options["order"] == 2:
+        x0_prev, h_prev = previous
+        r = h_prev / h
+        D = (1 + 0.5 / r) * x0_hat - (0.5 / r) * x0_prev
+    run.memory["dpm_previous"] = (x0_hat, h)
+    if not run.options["sde"]:
+        return sigma_s / sigma_t * x_t - alpha_s * math.expm1(-h) * D, x0_hat
+    noise = sigma_s * math.sqrt(-math.expm1(-2 * h)) * run.noise.normal(x_t)
+    x_s = sigma_s / sigma_t * math.exp(-h) * x_t - alpha_s * math.expm1(-2 * h) * D
+    return x_s + noise, x0_hat
+
+
 GAUSSIAN_SAMPLERS: dict[str, Sampler] = {
     "ddpm": Sampler(ddpm_step),
     "ddim": Sampler(ddim_step, options={"eta": 0.0}),
     "pc": Sampler(ddpm_step, corrector=langevin_step, options={"corrector_steps": 1, "snr": 0.1}),
+    "dpm-solver": Sampler(
+        dpm_solver_step, half_log_snr_grid, options={"order": 2, "sde": False, "grid": "logsnr"}
+    ),
+    "dpm-solver-sde": Sampler(
+        dpm_solver_step, half_log_snr_grid, options={"order": 2, "sde": True, "grid": "logsnr"}
+    ),
 }

@@ -44,6 +44,22 @@ class Schedule(ABC):
         a = self.alpha_bar(t)
         return a / (1.0 - a)
 
+    def half_log_snr(self, t: torch.Tensor | float) -> torch.Tensor:
+        """``λ(t) = log(√ᾱ / √(1 − ᾱ)) = ½ log SNR(t)``, float64 (DPM-Solver's time variable)."""
+        a = self.alpha_bar(t)
+        return 0.5 * (torch.log(a) - torch.log1p(-a))
+
+    def time_of_half_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`half_log_snr` on ``[0, 1]`` by bisection (float64): the
+        smallest ``t`` with ``λ(t) ≤ lam`` (λ is non-increasing; flat where ᾱ is clamped)."""
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        lo, hi = torch.zeros_like(lam), torch.ones_like(lam)
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            above = self.half_log_snr(mid) > lam
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return hi
+
     def snr_derivative(self, t: torch.Tensor) -> torch.Tensor:
         """``d SNR / dt`` (float64, by autograd through the formula), for the continuous bound."""
         with torch.enable_grad():
