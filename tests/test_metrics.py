@@ -59,3 +59,31 @@ def test_self_bleu_extremes():
     assert self_bleu(disjoint) == pytest.approx(expected)
     with pytest.raises(ValueError):
         self_bleu(["only one"])
+
+
+def test_unigram_entropy_is_the_entropy_of_each_samples_own_words():
+    from textdiff.infra.metrics import mean_words, unigram_entropy
+
+    assert unigram_entropy(["a a b b"]) == pytest.approx(math.log(2))
+    assert unigram_entropy(["a b c d"]) == pytest.approx(math.log(4))
+    assert unigram_entropy(["x x x x"]) == 0.0  # a repeated word carries no entropy
+    assert unigram_entropy(["a a b b", "a b c d"]) == pytest.approx(1.5 * math.log(2))
+    assert mean_words(["a b", "a b c d"]) == 3.0
+
+
+def test_row_faults_find_missing_ends_and_holes():
+    import torch
+
+    from textdiff.infra.metrics import row_faults
+
+    PAD, EOS, UNK = 0, 1, 2
+    ids = torch.tensor(
+        [
+            [5, 6, EOS, PAD, PAD],  # fine
+            [5, 6, 7, 8, 9],  # no [EOS]
+            [5, PAD, 6, EOS, PAD],  # a hole
+            [UNK, 6, EOS, PAD, UNK],  # [UNK] inside; the one after [EOS] does not count
+        ]
+    )
+    faults = row_faults(ids, pad_id=PAD, eos_id=EOS, unk_id=UNK)
+    assert faults == {"no_eos": 0.25, "pad_inside": 0.25, "unk_inside": 0.25}

@@ -74,6 +74,14 @@ class ProcessSpec:
                 f"unknown {where}sampler {s.sampler!r} for process.noise={self.name}; "
                 f"choose one of {list(self.samplers)}"
             )
+        name = self.process_class.default_sampler if s.sampler == "auto" else s.sampler
+        valid = self.process_class.samplers[name].options
+        for key in s.options:
+            if key not in valid:
+                raise ConfigError(
+                    f"{where}options: {key!r} is not an option of the {name!r} sampler; its "
+                    f"options: {sorted(valid) or 'none'}"
+                )
         options = self.process_class.sample_options
         for key, neutral in NEUTRAL.items():
             if getattr(s, key) != neutral and key not in options:

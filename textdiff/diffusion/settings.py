@@ -9,7 +9,7 @@ Both are typed dataclasses (:mod:`textdiff.schema`): the YAML sections ``process
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from ..schema import ConfigError, check_positive
@@ -68,6 +68,8 @@ class SampleConfig:
     # sentence alone or in any batch; shared: one generator for the batch (textdiff 0.1, and
     # what model folders saved by it keep)
     seeding: Literal["per-sample", "shared"] = "per-sample"
+    # the sampler's own options, e.g. {threshold: 0.8, length_first: true} (README: samplers)
+    options: dict[str, bool | int | float | str] = field(default_factory=dict)
 
     def check(self) -> None:
         check_positive(self, "steps", "temperature", "top_p")

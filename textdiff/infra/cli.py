@@ -95,6 +95,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         clamp=args.clamp,
         temperature=args.temperature,
         top_p=args.top_p,
+        sampler_options=_options(args.options),
         progress=not args.quiet,
         template=_template(args.template),
         condition=args.condition,
@@ -122,6 +123,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         num_t=args.num_t,
         num_samples=args.samples,
         steps=args.steps,
+        sampler=args.sampler,
+        sampler_options=_options(args.options),
         seed=args.seed,
         reference_model=args.reference,
         progress=not args.quiet,
@@ -137,6 +140,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for key, value in report.get("summary", {}).items():
         print(f"  {key:<28} {value}")
     return 0
+
+
+SAMPLER_HELP = (
+    "gaussian: ddpm | ddim | pc | dpm-solver | dpm-solver-sde; mask: ancestral | confidence | "
+    "threshold; default: the model's"
+)
+OPTION_HELP = (
+    "a sampler option, repeatable, e.g. --option threshold=0.8 --option length_first=true "
+    "(README: samplers)"
+)
+
+
+def _options(pairs: list[str] | None) -> dict | None:
+    """``--option KEY=VALUE`` pairs as a dict, values read as YAML (numbers, true/false)."""
+    if not pairs:
+        return None
+    import yaml
+
+    from ..schema import ConfigError
+
+    options = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {pair!r} must look like KEY=VALUE, e.g. threshold=0.8")
+        options[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,12 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="generate sentences from a trained model folder")
-    g.add_argument("model_dir")
-    g.add_argument("-n", "--num-samples", type=int, default=8)
+    g.add_argument("model_dir", help="a model folder (e.g. runs/e2e/model)")
+    g.add_argument("-n", "--num-samples", type=int, default=8, help="sentences to generate")
     g.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    g.add_argument("--sampler", help="ddpm | ddim | pc (Gaussian), ancestral (mask)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--sampler", help=SAMPLER_HELP)
+    g.add_argument(
+        "--option", action="append", metavar="KEY=VALUE", help=OPTION_HELP, dest="options"
+    )
+    g.add_argument("--seed", type=int, default=0, help="the same seed gives the same sentences")
+    g.add_argument("--batch-size", type=int, default=64, help="sentences per network call")
     g.add_argument(
         "--clamp",
         action=argparse.BooleanOptionalAction,
@@ -186,10 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)"
     )
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    g.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto: bf16 where the CPU/GPU has native bf16 matmuls, else fp32",
+    )
     g.add_argument("--out", help="write the sentences to this file")
-    g.add_argument("--overwrite", action="store_true")
-    g.add_argument("--quiet", action="store_true")
+    g.add_argument("--overwrite", action="store_true", help="replace the --out file")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or logs")
     g.set_defaults(func=cmd_generate)
 
     e = sub.add_parser("evaluate", help="NLL bound, rounding accuracy and sample quality")
@@ -202,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-t", type=int, default=8, help="time samples per sentence for the bound")
     e.add_argument("--samples", type=int, default=256, help="sentences to generate and score")
     e.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    e.add_argument("--sampler", help=SAMPLER_HELP)
+    e.add_argument(
+        "--option", action="append", metavar="KEY=VALUE", help=OPTION_HELP, dest="options"
+    )
     e.add_argument("--reference", help="autoregressive model folder that scores the samples")
     e.add_argument(
         "--bleu",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,7 +30,6 @@ from ..models.tokenization import encode
 from .batching import tokenize_split
 from .config import ExperimentConfig, load_config
 from .data import iter_texts, load_text_splits
-from .metrics import distinct_n, self_bleu
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +214,7 @@ def evaluate_model(
     num_samples: int = 256,
     steps: int | None = None,
     sampler: str | None = None,
+    sampler_options: dict | None = None,
     seed: int = 0,
     reference_model: str | Path | None = None,
     acc_sentences: int = 1024,
@@ -251,9 +250,12 @@ def evaluate_model(
     report["bound"] = nll_bound(pipe, data.ids, num_t=num_t, seed=seed, progress=progress)
     report["acc_by_t"] = _accuracy(pipe, data.batches(acc_sentences, pipe.model.device), seed)
     generation = dict(num_steps=steps, sampler=sampler, seed=seed, guidance_scale=guidance_scale)
-    gen, report["samples"] = sample_quality(pipe, data, num_samples, progress, **generation)
-    if reference_model is not None:
-        report["samples"].update(reference_perplexities(reference_model, gen.texts, data.real))
+    generation["sampler_options"] = sampler_options
+    from .quality import sample_quality
+
+    gen, report["samples"] = sample_quality(
+        pipe, data, num_samples, reference_model, progress, **generation
+    )
     report["rounding"] = rounding_report(pipe, gen)
     if bleu:
         from .e2e import evaluate_data2text
@@ -312,48 +314,6 @@ class EvaluationData:
         return [ids[lo : lo + batch_size].to(device) for lo in range(0, len(ids), batch_size)]
 
 
-def sample_quality(pipe, data: EvaluationData, num_samples: int, progress: bool, **generation):
-    """Generate ``num_samples`` sentences (one per condition for a data-to-text model) and
-    describe them beside as many real sentences of the split; returns the generation output
-    and the figures."""
-    conditions = None
-    if data.conditions is not None:  # samples for the split's MRs, one each
-        num_samples = min(num_samples, len(data.conditions))
-        conditions = data.conditions[:num_samples]
-    t0 = time.perf_counter()
-    gen = pipe.generate(
-        num_samples, return_ids=True, progress=progress, condition=conditions, **generation
-    )
-    seconds = time.perf_counter() - t0
-    real = data.real[: max(num_samples, 2)]
-    quality = {
-        "count": num_samples,
-        "steps": generation["num_steps"] or pipe.sample_defaults.steps,
-        "sampler": generation["sampler"] or pipe.sample_defaults.sampler,
-        "seconds": seconds,
-        "seconds_per_64": seconds * 64 / num_samples,
-        "network_calls": gen.nfe,
-        "distinct_1": distinct_n(gen.texts, 1),
-        "distinct_2": distinct_n(gen.texts, 2),
-        "real_distinct_1": distinct_n(real, 1),
-        "real_distinct_2": distinct_n(real, 2),
-        "examples": gen.texts[:10],
-    }
-    if num_samples >= 2:
-        quality["self_bleu"] = self_bleu(gen.texts)
-        quality["real_self_bleu"] = self_bleu(real)
-    return gen, quality
-
-
-def reference_perplexities(reference_model, texts: list[str], real: list[str]) -> dict:
-    """The reference model's perplexity of the samples and of as many real sentences."""
-    reference = TextDiffusionPipeline.from_pretrained(reference_model)
-    return {
-        "generative_perplexity": perplexity_of_texts(reference, texts),
-        "reference_perplexity_on_real": perplexity_of_texts(reference, real[: max(len(texts), 2)]),
-    }
-
-
 def _default_references(cfg: ExperimentConfig) -> Path:
     """The E2E release zip beside the experiment's data files."""
     from .e2e import RELEASE_ZIP
@@ -379,13 +339,21 @@ def _summary(report: dict) -> dict:
     for key in ("roundtrip_accuracy", "sample_margin_mean", "faiss_vs_readout_agreement"):
         if key in report["rounding"]:
             out[key] = round(report["rounding"][key], 4)
+    out["samples"] = f"{s['count']} by {s['sampler']}, {s['steps']} steps, {s['options'] or ''}"
     for key in (
+        "network_calls_per_batch",
         "seconds_per_64",
-        "distinct_2",
-        "real_distinct_2",
-        "self_bleu",
         "generative_perplexity",
         "reference_perplexity_on_real",
+        "entropy",
+        "real_entropy",
+        "words",
+        "real_words",
+        "distinct_2",
+        "real_distinct_2",
+        "no_eos",
+        "pad_inside",
+        "unk_inside",
     ):
         if key in s:
             out[f"samples {key}"] = round(s[key], 4)

@@ -1,4 +1,9 @@
-"""Text statistics of generated samples: distinct-n and self-BLEU (no external dependency).
+"""Text statistics of generated samples: distinct-n, self-BLEU, unigram entropy, length, and the
+faults of generated id rows (no external dependency but torch for the ids).
+
+``unigram_entropy`` is the entropy (nats) of the word frequencies inside one sample, averaged
+over samples, as MDLM and DUO report it: a sample that repeats a few words has a low entropy,
+whatever its perplexity (a low generative perplexity with a low entropy is degenerate text).
 
 ``self_bleu`` follows the Texygen protocol (Zhu et al., 2018): each sentence is scored by
 sentence-level BLEU-4 against all the others as references, and the scores are averaged; higher
@@ -73,3 +78,36 @@ def _closest_other_length(lengths: Counter, length: int) -> int:
     others = lengths.copy()
     others[length] -= 1
     return min((r for r, k in others.items() if k > 0), key=lambda r: (abs(r - length), r))
+
+
+def unigram_entropy(texts: Sequence[str]) -> float:
+    """Mean over ``texts`` of the entropy (nats) of each text's own word frequencies."""
+    values = []
+    for text in texts:
+        counts = Counter(text.split())
+        n = sum(counts.values())
+        values.append(-sum(c / n * math.log(c / n) for c in counts.values()) if n else 0.0)
+    return sum(values) / len(values) if values else 0.0
+
+
+def mean_words(texts: Sequence[str]) -> float:
+    """Mean number of whitespace-separated words per text."""
+    return sum(len(t.split()) for t in texts) / len(texts) if texts else 0.0
+
+
+def row_faults(ids, *, pad_id: int, eos_id: int, unk_id: int | None) -> dict[str, float]:
+    """Shares of id rows (N, L) that have no ``[EOS]`` (``no_eos``), a ``[PAD]`` before their
+    first ``[EOS]`` (``pad_inside``: a hole in the sentence), or an ``[UNK]`` before it
+    (``unk_inside``)."""
+    import torch
+
+    eos = ids == eos_id
+    has_eos = eos.any(1)
+    end = torch.where(
+        has_eos, eos.float().argmax(1), torch.full_like(has_eos, ids.shape[1], dtype=torch.long)
+    )
+    inside = torch.arange(ids.shape[1])[None] < end[:, None]
+    share = lambda rows: float(rows.float().mean()) if len(rows) else 0.0  # noqa: E731
+    faults = {"no_eos": share(~has_eos), "pad_inside": share(((ids == pad_id) & inside).any(1))}
+    faults["unk_inside"] = share(((ids == unk_id) & inside).any(1)) if unk_id is not None else 0.0
+    return faults

@@ -9,7 +9,6 @@ folders are checked before any weight is read (:mod:`textdiff.models.folder`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +128,7 @@ class TextDiffusionPipeline:
         clamp: bool | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
+        sampler_options: dict | None = None,
         return_ids: bool = False,
         return_trajectory: bool = False,
         progress: bool = False,
@@ -143,7 +143,9 @@ class TextDiffusionPipeline:
         ``seed`` gives the same text; with ``sample.seeding: per-sample`` (the default of new
         models) sample ``i`` is the same sentence whatever ``batch_size`` or ``num_samples``.
         Returns the texts, or a :class:`GenerationOutput` when ``return_ids`` or
-        ``return_trajectory`` is set.
+        ``return_trajectory`` is set. ``sampler_options`` are the sampler's own (e.g.
+        ``{"threshold": 0.8, "length_first": True}``); the saved ones apply when ``sampler`` is
+        the saved sampler.
 
         ``template``, e.g. ``["The Eagle is a", 4, "near Burger King ."]``: known text (str)
         is held fixed and each span (int ≥ 1) of that many tokens is generated
@@ -156,7 +158,8 @@ class TextDiffusionPipeline:
         part only (positions ``condition_len`` on); the trajectory covers whole rows.
         """
         overrides = dict(sampler=sampler, steps=num_steps, clamp=clamp)
-        settings = self._sample_settings({**overrides, "temperature": temperature, "top_p": top_p})
+        overrides.update(temperature=temperature, top_p=top_p, options=sampler_options)
+        settings = self._sample_settings(overrides)
         length = self._check_shape(num_samples, batch_size, seq_len)
         conditioning = dict(template=template, condition=condition, guidance_scale=guidance_scale)
         request = prepare_request(
@@ -164,19 +167,26 @@ class TextDiffusionPipeline:
         )
         seed = seed if seed is not None else torch.seed() % 2**63
         shared = Noise(torch.Generator().manual_seed(seed))
-        run = dict(settings=settings, bar=functools.partial(_bar, enabled=progress))
-        run["trajectory"] = return_trajectory
+        batches = range(0, num_samples, batch_size)
+        bar = _Progress(progress, len(batches) * settings.steps)
         outputs = []
-        for lo in range(0, num_samples, batch_size):
+        for lo in batches:
             n = min(batch_size, num_samples - lo)
             noise = shared if settings.seeding == "shared" else RowNoise(seed, lo, n)
-            outputs.append(self._sample_batch(request, lo, n, length, noise=noise, **run))
+            outputs.append(
+                self._sample_batch(request, lo, n, length, settings, noise, bar, return_trajectory)
+            )
+        bar.close()
         return self._decode(request, outputs, return_ids or return_trajectory, return_trajectory)
 
     def _sample_settings(self, overrides: dict) -> SampleConfig:
         """The saved defaults with ``overrides`` (those not None), checked as the config is."""
+        defaults = self.sample_defaults
         given = {k: v for k, v in overrides.items() if v is not None}
-        settings = dataclasses.replace(self.sample_defaults, **given)
+        if given.get("sampler", defaults.sampler) != defaults.sampler:
+            defaults.options = {}  # the saved options belong to the saved sampler
+        given["options"] = {**defaults.options, **given.get("options", {})}
+        settings = dataclasses.replace(defaults, **given)
         if "steps" in given and not (isinstance(settings.steps, int) and settings.steps >= 1):
             raise ValueError(f"num_steps must be at least 1, got {settings.steps}")
         settings.check()
@@ -200,6 +210,7 @@ class TextDiffusionPipeline:
     ):
         """One batch of samples ``lo .. lo + n`` through the sampling loop."""
         options = {k: getattr(settings, k) for k in ("clamp", "temperature", "top_p")}
+        options.update(settings.options)
         with autocast(self.model.device, self.precision):
             return sample_loop(
                 self.process,
@@ -232,10 +243,18 @@ class TextDiffusionPipeline:
         return GenerationOutput(texts, ids[:, C:], x0, trajectories, nfe, info)
 
 
-def _bar(steps, enabled: bool):
-    """A progress bar over a batch's sampling steps (or the steps themselves)."""
-    if not enabled:
-        return steps
-    from tqdm.auto import tqdm
+class _Progress:
+    """One bar over the sampling steps of every batch of a ``generate`` call."""
 
-    return tqdm(steps, desc="sampling", leave=False)
+    def __init__(self, enabled: bool, total: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="sampling", unit="step", disable=not enabled)
+
+    def __call__(self, plan):
+        for entry in plan:
+            yield entry
+            self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
