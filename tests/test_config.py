@@ -56,7 +56,7 @@ def test_ints_widen_to_floats_and_null_is_allowed_where_optional(tmp_path):
         ("model:\n  hidden_size: 100\n  num_heads: 3\n", "divisible"),
         ("train:\n  max_steps: -5\n", "train.max_steps must be positive"),
         ("sample:\n  steps: 0\n", "sample.steps must be positive"),
-        ("sample:\n  sampler: euler\n", r"choose one of \['auto', 'ddpm', 'ddim', 'pc'\]"),
+        ("sample:\n  sampler: euler\n", r"choose one of \['auto', 'ddpm', 'ddim', 'pc', "),
         (
             "process:\n  noise: mask\n  schedule: linear\nsample:\n  clamp: true\n",
             "sample.clamp does not apply to mask models",
@@ -107,3 +107,117 @@ def test_settings_written_by_earlier_versions_load_under_todays_names(tmp_path):
     assert cfg.process.chain_length == 300
     with pytest.raises(ConfigError, match="at most 300 steps"):
         load_config(write(tmp_path, "process:\n  num_steps: 300\nsample:\n  steps: 500\n"))
+
+
+# ------------------------------------------------------------------ hostile values and files
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train.min_lr_ratio=-50", r"train.min_lr_ratio must be in \[0, 1\]"),
+        ("train.min_lr_ratio=1.5", r"train.min_lr_ratio must be in \[0, 1\]"),
+        ("train.lr=.nan", "train.lr must be a finite number, got nan"),
+        ("train.lr=.inf", "train.lr must be a finite number, got inf"),
+        ("train.lr=1e999", "train.lr must be a finite number, got inf"),
+        ("model.readout_scale=.nan", "model.readout_scale must be a finite number"),
+        ("model.readout_scale=0", "model.readout_scale must be positive"),
+        ("model.dropout=.nan", "model.dropout must be a finite number"),
+        ("model.seq_len=1", r"model.seq_len must be ≥ 2"),
+        ("model.mlp_ratio=0.001", "feed-forward layer of 0 units; raise model.mlp_ratio"),
+        ("train.seed=-1", r"train.seed must be in \[0, 2147483647\], got -1"),
+        ("train.seed=18446744073709551617", "train.seed must be an integer of at most 18 digits"),
+        ("train.eval_samples=100000000", "train.eval_samples must be at most 10,000"),
+        ("sample.steps=1000000000", "sample.steps 1000000000 is more than this model supports"),
+        ("sample.temperature=.nan", "sample.temperature must be a finite number"),
+        ("sample.options={threshold: .inf}", "sample.options.threshold must be a finite number"),
+        ("train.max_steps.x=3", "unknown config key 'train.max_steps.x'"),
+        ("model=[unclosed", "--set model is not valid YAML: expected ',' or ']'"),
+        ("data.max_train_samples=0", "data.max_train_samples must be positive or null"),
+    ],
+)
+def test_every_value_is_range_checked(override, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(CONFIGS / "tiny.yaml", [override])
+    assert "\n" not in str(info.value)
+
+
+def test_mask_steps_have_an_upper_bound():
+    sets = ["process.noise=mask", "process.schedule=linear", "sample.steps=1000000000"]
+    with pytest.raises(ConfigError, match="sample.steps must be at most 1,000,000"):
+        load_config(CONFIGS / "tiny.yaml", sets)
+
+
+def test_a_section_given_as_a_mapping_keeps_its_other_keys():
+    cfg = load_config(CONFIGS / "tiny.yaml", ["model={seq_len: 8}"])
+    assert cfg.model.seq_len == 8 and cfg.model.hidden_size == 64  # tiny.yaml's, not 256
+    cfg = load_config(CONFIGS / "tiny.yaml", ["process={num_steps: 300}"])  # old key name
+    assert cfg.process.chain_length == 300 and cfg.process.schedule == "sqrt"
+    # a mapping-valued setting is replaced, as documented
+    cfg = load_config(CONFIGS / "tiny.yaml", ["data.data_files={train: a.txt}"])
+    assert list(cfg.data.data_files) == ["train"]
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    text = "train:\n  max_steps: 3\nmodel:\n  seq_len: 8\ntrain:\n  lr: 0.1\n"
+    with pytest.raises(ConfigError, match=r"key 'train' appears twice \(lines 1 and 5\)"):
+        load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError, match="key 'lr' appears twice"):
+        load_config(write(tmp_path, "train:\n  lr: 0.1\n  lr: 0.2\n"))
+    with pytest.raises(ConfigError, match="appears twice"):
+        load_config(None, ["train={lr: 0.1, lr: 0.2}"])
+    # a key that overrides what a YAML merge key brought in is not a duplicate
+    text = "process: {<<: {schedule: sqrt, chain_length: 300}, schedule: cosine}\n"
+    cfg = load_config(write(tmp_path, text))
+    assert (cfg.process.schedule, cfg.process.chain_length) == ("cosine", 300)
+
+
+def test_hostile_yaml_is_refused_in_bounded_time_and_memory(tmp_path):
+    laughs = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i, name in enumerate("bcdefghij"):
+        prev = "abcdefghij"[i]
+        laughs.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
+        load_config(write(tmp_path, "\n".join(laughs) + "\n"))
+    inside = "data:\n  column: &x [1, 2]\n" + "\n".join(laughs).replace("a: &a", "q: &a")
+    with pytest.raises(ConfigError, match="expands to more than"):
+        load_config(write(tmp_path, inside))
+    with pytest.raises(ConfigError, match="refers to the value that contains it"):
+        load_config(write(tmp_path, "x: &a [*a]\n"))
+    with pytest.raises(ConfigError, match="nests too deeply"):
+        load_config(write(tmp_path, "[" * 3000 + "]" * 3000))
+    with pytest.raises(ConfigError, match=r"expected str, got list \(\[\[\[\[...\]\]\]\]\)"):
+        load_config(write(tmp_path, "data:\n  column: [[[[[[[[1]]]]]]]]\n"))
+    with pytest.raises(ConfigError, match="must hold a mapping of sections"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="is not a UTF-8 text file"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="is a folder; pass a YAML file"):
+        load_config(tmp_path)
+    path.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(ConfigError, match="a config is a small YAML file"):
+        load_config(path)
+
+
+def test_urls_in_data_files_are_not_made_local_paths(tmp_path):
+    cfg = load_config(write(tmp_path, "data:\n  data_files:\n    train: https://x.org/t.txt\n"))
+    assert cfg.data.data_files["train"] == "https://x.org/t.txt"
+
+
+def test_training_memory_is_checked_with_the_number_and_the_knob(monkeypatch):
+    from textdiff.errors import ResourceError
+    from textdiff.infra import config
+
+    cfg = load_config(CONFIGS / "tiny.yaml", ["model.seq_len=1000000000"])
+    with pytest.raises(ResourceError, match=r"attention alone .* lower model.seq_len"):
+        config.check_training_memory(cfg)
+    cfg = load_config(CONFIGS / "tiny.yaml")
+    config.check_training_memory(cfg)  # fits
+    monkeypatch.setattr(config, "machine_memory", lambda: 2**20)
+    with pytest.raises(ResourceError, match=r"but this machine has 0.0 GiB; lower") as info:
+        config.check_training_memory(cfg)
+    assert "\n" not in str(info.value)
+    monkeypatch.undo()
+    assert config.machine_memory() > 2**28

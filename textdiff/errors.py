@@ -16,3 +16,7 @@ class TextdiffError(Exception):
 
 class ConfigError(TextdiffError, ValueError):
     """A configuration value is unknown, mistyped or out of range."""
+
+
+class ResourceError(TextdiffError, ValueError):
+    """A request needs more memory (or another resource) than the machine has."""

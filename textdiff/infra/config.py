@@ -1,21 +1,26 @@
 """Typed configuration: nested dataclasses are the source of truth, YAML files mirror them.
 
 :func:`load_config` reads a YAML file, applies ``key.sub=value`` overrides and checks everything:
-an unknown key or a wrong type is a :class:`ConfigError` naming the valid choices. The network
-only ever sees :class:`ModelConfig`; the process only :class:`ProcessConfig`.
+an unknown key, a wrong type, a duplicate key or an invalid value is a :class:`ConfigError`
+naming the valid choices, before anything is written. The network only ever sees
+:class:`ModelConfig`; the process only :class:`ProcessConfig`. :func:`check_training_memory`
+refuses a run whose memory estimate exceeds the machine's (:func:`machine_memory`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..diffusion.registry import get_process_spec
 from ..diffusion.settings import ProcessConfig, SampleConfig
+from ..errors import ResourceError
 from ..models.config import ModelConfig
-from ..schema import ConfigError, check_positive, from_dict
+from ..schema import ConfigError, check_positive, from_dict, short_repr
 
 __all__ = [
     "ConfigError",
@@ -26,7 +31,21 @@ __all__ = [
     "SampleConfig",
     "TrainConfig",
     "load_config",
+    "check_training_memory",
+    "machine_memory",
 ]
+
+MAX_SEED = 2**31 - 1  # numpy takes seeds below 2**32; a rank is added to the seed
+MAX_SAMPLE_STEPS = 1_000_000  # sampling steps (a grid of this many times is built)
+MAX_EVAL_SAMPLES = 10_000  # sentences generated at each evaluation
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen settings
+MAX_CONFIG_VALUES = 100_000  # values in a config with YAML aliases expanded
+
+
+def check_seed(value: int, name: str) -> None:
+    """Refuse a seed outside ``[0, MAX_SEED]`` (``name``: the setting or flag)."""
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{name} must be in [0, {MAX_SEED}], got {value}")
 
 
 @dataclass
@@ -49,6 +68,10 @@ class DataConfig:
 
     def check(self) -> None:
         check_positive(self, "min_frequency", "bpe_vocab_size")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ConfigError(
+                f"data.max_train_samples must be positive or null, got {self.max_train_samples}"
+            )
 
 
 @dataclass
@@ -93,6 +116,16 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(
+                f"train.min_lr_ratio must be in [0, 1] (the final fraction of train.lr), got "
+                f"{self.min_lr_ratio}"
+            )
+        check_seed(self.seed, "train.seed")
+        if self.eval_samples > MAX_EVAL_SAMPLES:
+            raise ConfigError(
+                f"train.eval_samples must be at most {MAX_EVAL_SAMPLES:,}, got {self.eval_samples}"
+            )
 
 
 @dataclass
@@ -108,9 +141,14 @@ class ExperimentConfig:
     def check(self) -> None:
         for part in (self.model, self.process, self.data, self.train, self.sample):
             part.check()
+        self._check_network()
         spec = get_process_spec(self.process.noise)
         spec.check_output(self.process, self.model.output)
         spec.check_sample(self.process, self.sample)
+        if self.sample.steps > MAX_SAMPLE_STEPS:
+            raise ConfigError(
+                f"sample.steps must be at most {MAX_SAMPLE_STEPS:,}, got {self.sample.steps}"
+            )
         C = self.process.condition_len
         if C and C > self.model.seq_len - 2:
             raise ConfigError(
@@ -123,6 +161,21 @@ class ExperimentConfig:
                 "(one condition + sentence pair per row)"
             )
 
+    def _check_network(self) -> None:
+        """What :class:`ModelConfig` alone lets through but no network can be built or trained
+        with."""
+        m = self.model
+        if m.seq_len < 2:
+            raise ConfigError(f"model.seq_len must be ≥ 2 (a word and [EOS]), got {m.seq_len}")
+        if int(m.mlp_ratio * m.hidden_size) < 1:
+            raise ConfigError(
+                f"model.mlp_ratio {m.mlp_ratio} × model.hidden_size {m.hidden_size} gives a "
+                f"feed-forward layer of 0 units; raise model.mlp_ratio to at least "
+                f"{1 / m.hidden_size:.3g}"
+            )
+        if not m.readout_scale > 0:
+            raise ConfigError(f"model.readout_scale must be positive, got {m.readout_scale}")
+
     def network_config(self, vocab_size: int) -> ModelConfig:
         """The network's own config: ``output`` resolved from the process, ``vocab_size`` set."""
         output = self.model.output
@@ -134,20 +187,130 @@ class ExperimentConfig:
         return asdict(self)
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
+def _yaml_loader():
+    """PyYAML's safe loader, refusing a key given twice in one mapping (two ``train:`` blocks
+    would otherwise silently keep the last)."""
     import yaml
 
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                    continue
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in seen:
+                    raise ConfigError(
+                        f"key {short_repr(key)} appears twice (lines {seen[key]} and {line}); "
+                        "keep one (merge the two blocks)"
+                    )
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, Loader.construct_mapping)
+    return Loader
+
+
+def _read_yaml(text: str, where: str) -> Any:
+    """``text`` parsed as YAML; refused if invalid, with a duplicate key, nested too deeply or
+    expanding (through aliases) to more than ``MAX_CONFIG_VALUES`` values."""
+    import yaml
+
+    try:
+        data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+        size = _expanded_size(data, {})
+    except yaml.YAMLError as e:
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{where} is not valid YAML: {problem or e}{at}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} nests too deeply to be a config") from None
+    if size > MAX_CONFIG_VALUES:
+        raise ConfigError(
+            f"{where} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases?); a config "
+            "holds a few dozen settings"
+        )
+    return data
+
+
+def _expanded_size(data: Any, memo: dict[int, int]) -> int:
+    """How many values ``data`` holds with every alias expanded, computed once per shared
+    part (so a billion-laughs document is measured, not expanded); capped past the limit."""
+    if not isinstance(data, (list, dict)):
+        return 1
+    if id(data) in memo:
+        if memo[id(data)] < 0:
+            raise ConfigError("a YAML alias refers to the value that contains it")
+        return memo[id(data)]
+    memo[id(data)] = -1
+    items = [*data.keys(), *data.values()] if isinstance(data, dict) else data
+    size = 1
+    for item in items:
+        size = min(size + _expanded_size(item, memo), MAX_CONFIG_VALUES + 1)
+    memo[id(data)] = size
+    return size
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
+        raise ConfigError(f"override {short_repr(text)} must look like section.key=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    value = _read_yaml(raw, f"--set {key.strip()}") if raw.strip() else ""
+    return key.strip().split("."), value
+
+
+def _apply_override(node: Any, cls: Any, keys: list[str], value: Any, text: str) -> None:
+    """Set ``keys`` in the config dict ``node`` (of the dataclass ``cls``) to ``value``. A
+    mapping given for a whole section (``model={seq_len: 8}``) sets those keys and keeps the
+    others; a mapping-valued setting (``data.data_files={...}``) is replaced."""
+    fields = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else None
+    key = keys[0] if fields is None else getattr(cls, "ALIASES", {}).get(keys[0], keys[0])
+    known = fields is None or key in fields
+    if not isinstance(node, dict) or not known or (len(keys) > 1 and key not in node):
+        raise ConfigError(f"unknown config key {short_repr(text.split('=', 1)[0])}")
+    tp = None if fields is None else fields[key]
+    if len(keys) > 1:
+        _apply_override(node[key], tp, keys[1:], value, text)
+    elif dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        for k, v in value.items():
+            _apply_override(node[key], tp, [str(k)], v, text)
+    else:
+        node.pop(keys[0], None)
+        node[key] = value
 
 
 def _resolve_paths(cfg: ExperimentConfig, base: Path) -> None:
-    """Data files given relative to a YAML file are taken relative to that file."""
+    """Data files given relative to a YAML file are taken relative to that file (not URLs)."""
     for split, f in cfg.data.data_files.items():
+        if "://" in f:
+            continue
         p = Path(f).expanduser()
         cfg.data.data_files[split] = str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a folder; pass a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path} is {path.stat().st_size:,} bytes; a config is a small YAML file "
+            f"(at most {MAX_CONFIG_BYTES:,} bytes)"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file; pass a YAML config") from None
+    raw = _read_yaml(text, str(path)) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path} must hold a mapping of sections (model:, process:, data:, train:, "
+            f"sample:), not a {type(raw).__name__}"
+        )
+    return raw
 
 
 def load_config(
@@ -158,31 +321,79 @@ def load_config(
     Paths under ``data.data_files`` in the file are relative to the file; paths given as
     overrides are relative to the current directory.
     """
-    import yaml
-
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    raw = _read_config_file(Path(path)) if path is not None else {}
     cfg = from_dict(ExperimentConfig, raw)
     if path is not None:
-        _resolve_paths(cfg, path.parent)
+        _resolve_paths(cfg, Path(path).parent)
     if overrides:
         merged = cfg.to_dict()
         for text in overrides:
             keys, value = _parse_override(text)
-            node = merged
-            for k in keys[:-1]:
-                if not isinstance(node.get(k), dict):
-                    raise ConfigError(f"unknown config key {'.'.join(keys)!r}")
-                node = node[k]
-            node[keys[-1]] = value
+            _apply_override(merged, ExperimentConfig, keys, value, text)
         cfg = from_dict(ExperimentConfig, merged)
         _resolve_paths(cfg, Path.cwd())
     cfg.check()
     return cfg
+
+
+# ------------------------------------------------------------------------------- resources
+
+
+def machine_memory() -> int | None:
+    """Bytes of memory this process can have: the physical memory (``/proc/meminfo``, else
+    ``os.sysconf``), or a lower cgroup limit; ``None`` when unknown."""
+    total = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            total = next(int(x.split()[1]) * 1024 for x in f if x.startswith("MemTotal:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return None
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def check_memory(parts: dict[str, float], what: str, knobs: dict[str, str]) -> None:
+    """Refuse ``what`` if the bytes it needs (``parts``) exceed the machine's memory, naming the
+    largest part and ``knobs[part]``, the settings that shrink it."""
+    have, need = machine_memory(), sum(parts.values())
+    if have is None or need <= have:
+        return
+    part = max(parts, key=parts.__getitem__)
+    raise ResourceError(
+        f"{what} needs at least {need / 2**30:,.1f} GiB of memory ({part} alone "
+        f"{parts[part] / 2**30:,.1f} GiB) but this machine has {have / 2**30:,.1f} GiB; "
+        f"lower {knobs[part]}"
+    )
+
+
+def check_training_memory(cfg: ExperimentConfig) -> None:
+    """Refuse a run whose memory estimate (fp32, one process, a lower bound: weights with their
+    gradients, AdamW moments and EMA, activations kept for backward) exceeds the machine's."""
+    m, B = cfg.model, cfg.train.batch_size
+    L, D, N, H = m.seq_len, m.hidden_size, m.num_layers, m.num_heads
+    F = int(m.mlp_ratio * D)
+    V = cfg.data.bpe_vocab_size if cfg.data.tokenizer_kind == "bpe" else 1000  # a low guess
+    width = m.embed_dim * (2 if m.self_conditioning else 1) + m.pos_dim
+    params = N * (4 * D * D + 2 * D * F) + width * D + D * V + V * m.embed_dim
+    parts = {
+        "the weights": 4.0 * 5 * params,
+        "attention": 4.0 * 3 * B * N * H * L * L,
+        "activations": 4.0 * B * N * L * (12 * D + 2 * F),
+        "the logits": 4.0 * 3 * B * L * V,
+    }
+    knobs = {
+        "the weights": "model.hidden_size, model.num_layers or model.mlp_ratio",
+        "attention": "model.seq_len (memory grows with its square) or train.batch_size",
+        "activations": "train.batch_size or model.seq_len",
+        "the logits": "train.batch_size or the vocabulary (data.bpe_vocab_size)",
+    }
+    check_memory(parts, f"training (model.seq_len {L}, train.batch_size {B})", knobs)
