@@ -14,11 +14,14 @@ by accelerate (which ignores a failure to restore it).
 
 The tokenizer and the final model folder are written the same way (aside, then renamed), and
 ``metrics.jsonl`` is cut back to a checkpoint's step when a run resumes from it
-(:func:`rewind_metrics`).
+(:func:`rewind_metrics`). Run folders themselves (the manifest of what textdiff wrote, the lock
+of the training process) are :mod:`textdiff.infra.runfolder`; its names are re-exported here.
+Every checkpoint saved or pruned is recorded in the run's manifest.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -31,29 +34,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import SafetensorError
 
 from ..errors import TextdiffError
-from ..schema import ConfigError, from_dict
-from .config import ExperimentConfig
+from .runfolder import (  # noqa: F401 (re-exported: the trainer's run-folder calls)
+    LEFTOVERS,
+    RUN_FILE,
+    RUN_ITEMS,
+    RunFolderError,
+    RunManifest,
+    _remove,
+    _walk,
+    prepare_run_folder,
+    run_scope,
+)
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-RUN_FILE = "experiment.yaml"
-# what textdiff writes in an output folder, with the names it writes aside before renaming
-RUN_ITEMS = (RUN_FILE, "tokenizer", "metrics.jsonl", "checkpoints", "model")
-LEFTOVERS = ("experiment.tmp", ".tokenizer.tmp", ".model.tmp", ".metrics.jsonl.tmp")
 _STEP = re.compile(r"step-(\d+)")
 # what a failed write raises: OSError (plain files), SafetensorError, RuntimeError (torch.save)
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 # what reading a damaged file raises (a weights_only refusal is a pickle.UnpicklingError)
 READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, SafetensorError)
-
-
-class RunFolderError(TextdiffError, ValueError):
-    """The output folder cannot be used as asked (it holds another run, or foreign files)."""
 
 
 class CheckpointError(TextdiffError, RuntimeError):
@@ -72,84 +75,32 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
 
-# ------------------------------------------------------------------------------- run folder
-
-
-def prepare_run_folder(out: Path, cfg: ExperimentConfig, *, resume: bool, overwrite: bool) -> None:
-    """Make ``out`` ready for a run of ``cfg``; never deletes anything textdiff did not write.
-
-    A folder that already holds a run is refused unless ``resume`` (the run's model, process and
-    data settings must match ``cfg``) or ``overwrite`` (textdiff's files there are removed).
-    Files a killed run left aside (``LEFTOVERS``) are removed.
-    """
-    if resume and overwrite:
-        raise RunFolderError("resume and overwrite exclude each other; pass only one of them")
-    run_file = out / RUN_FILE
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"output {str(out)!r} is a file, not a folder")
-    if run_file.is_file():
-        if resume:
-            _check_same_run(run_file, cfg)
-            _remove(*(out / name for name in LEFTOVERS))
-            return
-        if not overwrite:
-            raise RunFolderError(
-                f"{out} already holds a training run; pass --resume to continue it or "
-                f"--overwrite to replace it"
-            )
-        _remove(*(out / name for name in RUN_ITEMS + LEFTOVERS))
-    elif out.is_dir() and any(p.name not in LEFTOVERS for p in out.iterdir()):
-        raise RunFolderError(
-            f"{out} is not empty and holds no textdiff run; choose a new or empty output folder"
-        )
-    _remove(*(out / name for name in LEFTOVERS))
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "experiment.tmp"
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    tmp.replace(run_file)
-
-
-def _check_same_run(run_file: Path, cfg: ExperimentConfig) -> None:
-    saved = yaml.safe_load(run_file.read_text(encoding="utf-8")) or {}
-    try:  # a run written by an earlier textdiff: its settings under today's names
-        saved = from_dict(ExperimentConfig, saved).to_dict()
-    except ConfigError:
-        pass
-    now = cfg.to_dict()
-    for section in ("model", "process", "data"):
-        if saved.get(section) != now[section]:
-            diff = sorted(
-                k for k in now[section] if saved.get(section, {}).get(k) != now[section][k]
-            )
-            raise RunFolderError(
-                f"cannot resume: {section} settings differ from the run in "
-                f"{run_file.parent} ({', '.join(f'{section}.{k}' for k in diff)}); "
-                f"use a new output folder or --overwrite"
-            )
-    if saved.get("train") != now["train"]:
-        logger.warning(
-            "resuming with changed train settings; the run will not be identical "
-            "to an uninterrupted one"
-        )
-
-
-def _remove(*paths: Path) -> None:
-    for p in paths:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+# ------------------------------------------------------------------------- run folder files
 
 
 def write_folder(folder: Path, write: Callable[[Path], None]) -> None:
     """``write(aside)`` into a sibling ``.name.tmp`` folder, then rename it to ``folder``, so
-    ``folder`` is never half-written (a kill in between leaves no ``folder``, not a broken one)."""
+    ``folder`` is never half-written (a kill in between leaves no ``folder``, not a broken one).
+    In a run folder the files are recorded in its manifest, and a ``folder`` holding files
+    textdiff did not write is refused, not replaced."""
+    manifest = RunManifest(folder.parent)
+    recorded, prefix = manifest.read(), f"{folder.name}/"
+    old = {prefix + f for f in _walk(folder)} if folder.exists() else set()
+    foreign = sorted(old - recorded) if recorded is not None else []
+    if foreign:
+        raise RunFolderError(
+            f"{folder} holds files textdiff did not write ({', '.join(foreign[:3])}); move "
+            "them elsewhere and run again with --resume"
+        )
     tmp = folder.with_name(f".{folder.name}.tmp")
     _remove(tmp)
     tmp.mkdir(parents=True)
     write(tmp)
+    new = {prefix + f for f in _walk(tmp)}
+    manifest.update(add=new)
     _remove(folder)
     tmp.rename(folder)
+    manifest.update(remove=old - new)
 
 
 def rewind_metrics(path: Path, step: int) -> list[dict]:
@@ -164,6 +115,8 @@ def rewind_metrics(path: Path, step: int) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
+            break
+        if not isinstance(record, dict):
             break
         if record.get("step", 0) <= step and record.get("split") != "final":
             kept.append(record)
@@ -300,30 +253,44 @@ class CheckpointManager:
                 )
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-                (tmp / MANIFEST).write_text(json.dumps(sums, indent=1), encoding="utf-8")
-                _remove(final)
-                tmp.rename(final)
-                sealed = self.checkpoints()
-                # newer ones are what a resume skipped as unusable: a timeline now left behind
-                newer = [p for p in sealed if _step_of(p) > step]
-                older = [p for p in sealed if _step_of(p) <= step]
-                for old in newer + older[: -self.keep]:
-                    aside = old.with_name(f".old-{old.name}")
-                    old.rename(aside)
-                    _remove(aside)
+                self._seal(tmp, final, step)
         except WRITE_ERRORS as e:
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
-            free = shutil.disk_usage(self.root if self.root.is_dir() else Path.cwd()).free
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise CheckpointError(
-                f"could not write the checkpoint of step {step} ({reason.splitlines()[0]}; "
-                f"{free / 2**20:,.0f} MiB free there); the previous checkpoints in {self.root} "
-                "are kept; fix that (e.g. free disk space) and rerun with --resume"
-            ) from e
+            raise self._write_error(e, step) from e
         accelerator.wait_for_everyone()
         return final
+
+    def _seal(self, tmp: Path, final: Path, step: int) -> None:
+        """Checksum ``tmp``, record its files in the run's manifest, rename it to ``final``
+        and prune: checkpoints newer than ``step`` (a timeline a resume left behind, skipped as
+        unusable) and all but the newest ``keep``."""
+        sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps(sums, indent=1), encoding="utf-8")
+        run, prefix = RunManifest(self.root.parent), f"{self.root.name}/{final.name}/"
+        run.update(add={prefix + f for f in _walk(tmp)})
+        _remove(final)
+        tmp.rename(final)
+        sealed = self.checkpoints()
+        newer = [p for p in sealed if _step_of(p) > step]
+        older = [p for p in sealed if _step_of(p) <= step]
+        for old in newer + older[: -self.keep]:
+            aside = old.with_name(f".old-{old.name}")
+            old.rename(aside)
+            _remove(aside)
+            run.update(remove={f"{self.root.name}/{old.name}/{f}" for f in _walk(aside)})
+
+    def _write_error(self, e: BaseException, step: int) -> CheckpointError:
+        """The one-line error of a checkpoint that could not be written."""
+        free = shutil.disk_usage(self.root if self.root.is_dir() else Path.cwd()).free
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        fix = "free disk space" if full else "fix that"
+        return CheckpointError(
+            f"could not write the checkpoint of step {step} ({reason.splitlines()[0]}; "
+            f"{free / 2**20:,.0f} MiB free there); the previous checkpoints in {self.root} "
+            f"are kept; {fix} and rerun with --resume"
+        )
 
     def verify(self, path: Path) -> str | None:
         """``None`` if ``path`` is complete and intact, else what is wrong."""

@@ -269,7 +269,8 @@ def _apply_override(node: Any, cls: Any, keys: list[str], value: Any, text: str)
     key = keys[0] if fields is None else getattr(cls, "ALIASES", {}).get(keys[0], keys[0])
     known = fields is None or key in fields
     if not isinstance(node, dict) or not known or (len(keys) > 1 and key not in node):
-        raise ConfigError(f"unknown config key {short_repr(text.split('=', 1)[0])}")
+        valid = f"; valid keys: {sorted(fields)}" if fields and not known else ""
+        raise ConfigError(f"unknown config key {short_repr(text.split('=', 1)[0])}{valid}")
     tp = None if fields is None else fields[key]
     if len(keys) > 1:
         _apply_override(node[key], tp, keys[1:], value, text)

@@ -51,6 +51,7 @@ from .checkpoint import (
     restore_rng_states,
     rewind_metrics,
     rng_states,
+    run_scope,
     write_folder,
 )
 from .config import ExperimentConfig
@@ -79,26 +80,27 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train the model ``cfg`` describes; returns where it was saved and the last evaluation."""
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
-    tc = cfg.train
-    bar = trainer.progress_bar(progress)
-    with StopSignals() as stop:
-        while trainer.step < tc.max_steps:
-            loss = trainer.train_step()
-            interrupted = trainer.after_step(loss, stop.signum is not None)
-            step, last = trainer.step, trainer.step == tc.max_steps
-            bar.update(1)
-            if step % tc.log_every == 0 or last:
-                bar.set_postfix(loss=f"{trainer.log_train()['loss']:.4f}")
-            if step % tc.eval_every == 0 or last:
-                trainer.evaluate()
-            if step % tc.save_every == 0 or last or interrupted:
-                saved = trainer.save()
-            if interrupted:
-                bar.close()
-                raise TrainingInterrupted(step, saved, stop.signum or signal.SIGINT)
-    bar.close()
-    return trainer.finish()
+    with run_scope():  # the run folder stays locked until training ends, however it ends
+        trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+        tc = cfg.train
+        bar = trainer.progress_bar(progress)
+        with StopSignals() as stop:
+            while trainer.step < tc.max_steps:
+                loss = trainer.train_step()
+                interrupted = trainer.after_step(loss, stop.signum is not None)
+                step, last = trainer.step, trainer.step == tc.max_steps
+                bar.update(1)
+                if step % tc.log_every == 0 or last:
+                    bar.set_postfix(loss=f"{trainer.log_train()['loss']:.4f}")
+                if step % tc.eval_every == 0 or last:
+                    trainer.evaluate()
+                if step % tc.save_every == 0 or last or interrupted:
+                    saved = trainer.save()
+                if interrupted:
+                    bar.close()
+                    raise TrainingInterrupted(step, saved, stop.signum or signal.SIGINT)
+        bar.close()
+        return trainer.finish()
 
 
 class Trainer:
