@@ -208,7 +208,7 @@ def test_urls_in_data_files_are_not_made_local_paths(tmp_path):
 
 def test_training_memory_is_checked_with_the_number_and_the_knob(monkeypatch):
     from textdiff.errors import ResourceError
-    from textdiff.infra import config
+    from textdiff.infra import resources as config
 
     cfg = load_config(CONFIGS / "tiny.yaml", ["model.seq_len=1000000000"])
     with pytest.raises(ResourceError, match=r"attention alone .* lower model.seq_len"):

@@ -1,7 +1,10 @@
 """The ``textdiff`` command (also ``python -m textdiff``): ``train``, ``generate``, ``evaluate``.
 
-Every refusal is one line on stderr and exit code 2, never a traceback. A training run stopped
-by Ctrl-C (or SIGTERM) saves a checkpoint first and exits with 128 + the signal number (130).
+Every refusal is one line on stderr and exit code 2, never a traceback: a bad flag (checked
+like the config key it stands for), a bad config, data or model folder, a request larger than
+the machine's memory, a path that cannot be written. A ``--out`` file is checked before any work
+and written aside, then renamed into place. A training run stopped by Ctrl-C (or SIGTERM) saves a
+checkpoint first and exits with 128 + the signal number (130).
 """
 
 from __future__ import annotations
@@ -10,14 +13,27 @@ import argparse
 import errno
 import json
 import logging
+import math
 import os
 import signal
 import sys
-from pathlib import Path
+
+from ..errors import TextdiffError
+from .config import MAX_SAMPLE_STEPS, MAX_SEED
+from .resources import OutputFile
+
+# what a path the user gave can run into on the file system: a one-line refusal, not a bug
+_PATH_ERRNOS = {
+    getattr(errno, name)
+    for name in "EROFS EACCES EPERM ENOTDIR EISDIR ENAMETOOLONG ELOOP EEXIST ENOENT EFBIG".split()
+}
+
+
+class UsageError(TextdiffError, ValueError):
+    """A command-line flag is missing, unknown or out of range."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from ..errors import TextdiffError
     from .e2e import MissingDependencyError
 
     return (
@@ -77,15 +93,19 @@ def _template(text: str | None) -> list | None:
         raise TemplateError(
             f"--template is not valid JSON ({e.msg}); write a JSON list, e.g. '{EXAMPLE}'"
         ) from None
+    except RecursionError:
+        raise TemplateError(
+            f"--template nests too deeply; a template is a flat list, e.g. '{EXAMPLE}'"
+        ) from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..models.pipeline import TextDiffusionPipeline
+    from .resources import check_generation_memory
 
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    out = OutputFile(args.out, args.overwrite) if args.out else None
     pipe = TextDiffusionPipeline.from_pretrained(args.model_dir, precision=args.precision)
+    check_generation_memory(pipe, args.num_samples, args.batch_size, "-n")
     texts = pipe.generate(
         args.num_samples,
         num_steps=args.steps,
@@ -102,8 +122,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
     )
     if out is not None:
-        out.write_text("\n".join(texts) + "\n", encoding="utf-8")
-        print(f"wrote {len(texts)} sentences to {out}")
+        out.write("\n".join(texts) + "\n")
+        print(f"wrote {len(texts)} sentences to {out.path}")
     else:
         print("\n".join(texts))
     return 0
@@ -112,9 +132,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_model
 
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    out = OutputFile(args.out, args.overwrite) if args.out else None
     report = evaluate_model(
         args.model_dir,
         split=args.split,
@@ -133,13 +151,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         bleu_mrs=args.bleu_mrs,
         guidance_scale=args.guidance,
     )
-    text = json.dumps(report, indent=2)
     if out is not None:
-        out.write_text(text + "\n", encoding="utf-8")
-        print(f"wrote {out}")
+        out.write(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out.path}")
     for key, value in report.get("summary", {}).items():
         print(f"  {key:<28} {value}")
     return 0
+
+
+def _int(low: int, high: int | None = None):
+    """An argparse type: an integer in ``[low, high]``."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return integer
+
+
+def _number(low: float | None = None):
+    """An argparse type: a finite number (≥ ``low``)."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {value:g}")
+        return value
+
+    return number
+
+
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors are one-line :class:`UsageError` refusals."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 SAMPLER_HELP = (
@@ -170,7 +228,8 @@ def _options(pairs: list[str] | None) -> dict | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="textdiff", description="Text diffusion language models.")
+    p = _Parser(prog="textdiff", description="Text diffusion language models.")
+    seed, steps = _int(0, MAX_SEED), _int(1, MAX_SAMPLE_STEPS)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
@@ -184,20 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     t.add_argument("--overwrite", action="store_true", help="replace the run in the output folder")
-    t.add_argument("--samples", type=int, default=8, help="sentences to print at the end")
+    t.add_argument("--samples", type=_int(0), default=8, help="sentences to print at the end")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="generate sentences from a trained model folder")
     g.add_argument("model_dir", help="a model folder (e.g. runs/e2e/model)")
-    g.add_argument("-n", "--num-samples", type=int, default=8, help="sentences to generate")
-    g.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    g.add_argument("-n", "--num-samples", type=_int(1), default=8, help="sentences to generate")
+    g.add_argument("--steps", type=steps, help="sampling steps (default: the model's)")
     g.add_argument("--sampler", help=SAMPLER_HELP)
     g.add_argument(
         "--option", action="append", metavar="KEY=VALUE", help=OPTION_HELP, dest="options"
     )
-    g.add_argument("--seed", type=int, default=0, help="the same seed gives the same sentences")
-    g.add_argument("--batch-size", type=int, default=64, help="sentences per network call")
+    g.add_argument("--seed", type=seed, default=0, help="the same seed gives the same sentences")
+    g.add_argument("--batch-size", type=_int(1), default=64, help="sentences per network call")
     g.add_argument(
         "--clamp",
         action=argparse.BooleanOptionalAction,
@@ -206,18 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--temperature",
-        type=float,
+        type=_number(),
         help="< 1 sharpens: the posterior over words (Gaussian, prediction=posterior) or the "
         "token distribution (mask, AR); default: the model's",
     )
-    g.add_argument("--top-p", type=float, help="nucleus sampling (mask, AR)")
+    g.add_argument("--top-p", type=_number(), help="nucleus sampling (mask, AR)")
     g.add_argument(
         "--template",
         help='JSON list of known text and span lengths, e.g. \'["The Eagle is a", 4, "."]\'',
     )
     g.add_argument("--condition", help="the MR to generate from (data-to-text models)")
     g.add_argument(
-        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)"
+        "--guidance",
+        type=_number(0),
+        default=1.0,
+        help="classifier-free guidance scale (default 1)",
     )
     g.add_argument(
         "--precision",
@@ -236,10 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", help="experiment YAML naming the data (default: the model's run)")
     e.add_argument("--out", help="write the JSON report here")
     e.add_argument("--overwrite", action="store_true")
-    e.add_argument("--limit", type=int, help="evaluate at most this many sentences")
-    e.add_argument("--num-t", type=int, default=8, help="time samples per sentence for the bound")
-    e.add_argument("--samples", type=int, default=256, help="sentences to generate and score")
-    e.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    e.add_argument("--limit", type=_int(1), help="evaluate at most this many sentences")
+    e.add_argument(
+        "--num-t", type=_int(1, 10_000), default=8, help="time samples per sentence for the bound"
+    )
+    e.add_argument("--samples", type=_int(1), default=256, help="sentences to generate and score")
+    e.add_argument("--steps", type=steps, help="sampling steps (default: the model's)")
     e.add_argument("--sampler", help=SAMPLER_HELP)
     e.add_argument(
         "--option", action="append", metavar="KEY=VALUE", help=OPTION_HELP, dest="options"
@@ -252,16 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="E2E test-set BLEU and slot error rate (default: for data-to-text models)",
     )
     e.add_argument("--references", help="E2E release zip (default: beside the data files)")
-    e.add_argument("--bleu-mrs", type=int, help="score only the first N test MRs")
-    e.add_argument("--guidance", type=float, default=1.0, help="guidance scale (data-to-text)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--bleu-mrs", type=_int(1), help="score only the first N test MRs")
+    e.add_argument("--guidance", type=_number(0), default=1.0, help="guidance scale (data-to-text)")
+    e.add_argument("--seed", type=seed, default=0)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        return _refuse(str(e))
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -279,16 +346,21 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one line for the user's mistakes, a traceback for our bugs
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             where = f" while writing {e.filename}" if e.filename else ""
-            print(
-                f"error: no space left on the disk{where}; free some space and run the command "
-                "again (a training run goes on with --resume)",
-                file=sys.stderr,
+            return _refuse(
+                f"no space left on the disk{where}; free some space and run the command "
+                "again (a training run goes on with --resume)"
             )
-            return 2
+        if isinstance(e, OSError) and e.errno in _PATH_ERRNOS and e.filename:
+            return _refuse(f"{e.strerror}: {e.filename}; check the path and its permissions")
         if isinstance(e, _user_errors() + (FileExistsError,)):
-            print("error: " + " ".join(str(e).split()), file=sys.stderr)
-            return 2
+            return _refuse(str(e))
         raise
+
+
+def _refuse(message: str) -> int:
+    """Print ``message`` as one ``error:`` line on stderr; the exit code of a refusal."""
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    return 2
 
 
 def _quiet_libraries() -> None:

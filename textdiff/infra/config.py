@@ -3,14 +3,13 @@
 :func:`load_config` reads a YAML file, applies ``key.sub=value`` overrides and checks everything:
 an unknown key, a wrong type, a duplicate key or an invalid value is a :class:`ConfigError`
 naming the valid choices, before anything is written. The network only ever sees
-:class:`ModelConfig`; the process only :class:`ProcessConfig`. :func:`check_training_memory`
-refuses a run whose memory estimate exceeds the machine's (:func:`machine_memory`).
+:class:`ModelConfig`; the process only :class:`ProcessConfig`. What a run needs of the machine
+is checked by :mod:`textdiff.infra.resources`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any, Literal
 
 from ..diffusion.registry import get_process_spec
 from ..diffusion.settings import ProcessConfig, SampleConfig
-from ..errors import ResourceError
 from ..models.config import ModelConfig
 from ..schema import ConfigError, check_positive, from_dict, short_repr
 
@@ -31,8 +29,6 @@ __all__ = [
     "SampleConfig",
     "TrainConfig",
     "load_config",
-    "check_training_memory",
-    "machine_memory",
 ]
 
 MAX_SEED = 2**31 - 1  # numpy takes seeds below 2**32; a rank is added to the seed
@@ -335,66 +331,3 @@ def load_config(
         _resolve_paths(cfg, Path.cwd())
     cfg.check()
     return cfg
-
-
-# ------------------------------------------------------------------------------- resources
-
-
-def machine_memory() -> int | None:
-    """Bytes of memory this process can have: the physical memory (``/proc/meminfo``, else
-    ``os.sysconf``), or a lower cgroup limit; ``None`` when unknown."""
-    total = None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            total = next(int(x.split()[1]) * 1024 for x in f if x.startswith("MemTotal:"))
-    except (OSError, ValueError, IndexError, StopIteration):
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (AttributeError, ValueError, OSError):
-            return None
-    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit).read_text(encoding="ascii").strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            total = min(total, int(text))
-    return total
-
-
-def check_memory(parts: dict[str, float], what: str, knobs: dict[str, str]) -> None:
-    """Refuse ``what`` if the bytes it needs (``parts``) exceed the machine's memory, naming the
-    largest part and ``knobs[part]``, the settings that shrink it."""
-    have, need = machine_memory(), sum(parts.values())
-    if have is None or need <= have:
-        return
-    part = max(parts, key=parts.__getitem__)
-    raise ResourceError(
-        f"{what} needs at least {need / 2**30:,.1f} GiB of memory ({part} alone "
-        f"{parts[part] / 2**30:,.1f} GiB) but this machine has {have / 2**30:,.1f} GiB; "
-        f"lower {knobs[part]}"
-    )
-
-
-def check_training_memory(cfg: ExperimentConfig) -> None:
-    """Refuse a run whose memory estimate (fp32, one process, a lower bound: weights with their
-    gradients, AdamW moments and EMA, activations kept for backward) exceeds the machine's."""
-    m, B = cfg.model, cfg.train.batch_size
-    L, D, N, H = m.seq_len, m.hidden_size, m.num_layers, m.num_heads
-    F = int(m.mlp_ratio * D)
-    V = cfg.data.bpe_vocab_size if cfg.data.tokenizer_kind == "bpe" else 1000  # a low guess
-    width = m.embed_dim * (2 if m.self_conditioning else 1) + m.pos_dim
-    params = N * (4 * D * D + 2 * D * F) + width * D + D * V + V * m.embed_dim
-    parts = {
-        "the weights": 4.0 * 5 * params,
-        "attention": 4.0 * 3 * B * N * H * L * L,
-        "activations": 4.0 * B * N * L * (12 * D + 2 * F),
-        "the logits": 4.0 * 3 * B * L * V,
-    }
-    knobs = {
-        "the weights": "model.hidden_size, model.num_layers or model.mlp_ratio",
-        "attention": "model.seq_len (memory grows with its square) or train.batch_size",
-        "activations": "train.batch_size or model.seq_len",
-        "the logits": "train.batch_size or the vocabulary (data.bpe_vocab_size)",
-    }
-    check_memory(parts, f"training (model.seq_len {L}, train.batch_size {B})", knobs)

@@ -27,7 +27,8 @@ import yaml
 
 from ..errors import TextdiffError
 from ..schema import ConfigError, from_dict
-from .config import ExperimentConfig, check_training_memory
+from .config import ExperimentConfig
+from .resources import check_training_memory
 
 logger = logging.getLogger(__name__)
 

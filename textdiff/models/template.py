@@ -13,6 +13,7 @@ become ``[UNK]``) or with special tokens, a template longer than the model's seq
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,12 +69,18 @@ def parse_template(template: Sequence[str | int], tok: PreTrainedTokenizerFast, 
     for i, item in enumerate(template):
         if isinstance(item, bool) or not isinstance(item, (str, int)):
             raise TemplateError(
-                f"template item {i} ({item!r}) is a {type(item).__name__}; items are known text "
-                f"(str) or span lengths (int ≥ 1), e.g. {EXAMPLE}"
+                f"template item {i} ({reprlib.repr(item)}) is a {type(item).__name__}; items are "
+                f"known text (str) or span lengths (int ≥ 1), e.g. {EXAMPLE}"
             )
         if isinstance(item, int):
             if item < 1:
                 raise TemplateError(f"template item {i}: a span length must be ≥ 1, got {item}")
+            if len(ids) + item + 1 > n:  # refused before any memory is spent on it
+                raise TemplateError(
+                    f"template item {i}: a span of {item} tokens after {len(ids)} others needs "
+                    f"{len(ids) + item + 1} positions with [EOS], more than the {n} the model "
+                    "generates; shorten it"
+                )
             ids += [tok.pad_token_id] * item
             known += [False] * item
             continue
@@ -83,7 +90,8 @@ def parse_template(template: Sequence[str | int], tok: PreTrainedTokenizerFast, 
         bad = [tok.convert_ids_to_tokens(t) for t in row if t in specials]
         if bad:
             raise TemplateError(
-                f"template item {i} ({item!r}) contains the special token(s) {' '.join(bad)}; "
+                f"template item {i} ({reprlib.repr(item)}) contains the special token(s) "
+                f"{' '.join(bad)}; "
                 "known text is plain words (the end of the sentence is added after the template)"
             )
         if tok.unk_token_id in row:
