@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
-from ..diffusion.registry import build_process
+from ..diffusion.registry import build_process, get_process_spec
+from ..diffusion.settings import ProcessConfig, SampleConfig, saved_sample_settings
 from ..errors import TextdiffError
+from ..schema import ConfigError, from_dict
 from .modeling import model_class, process_settings, token_ids
 
 
@@ -42,21 +44,51 @@ def check_model_folder(folder: Path) -> str:
         )
         hint = f" (found {pickles}; textdiff never loads pickled weights)" if pickles else ""
         raise ModelFolderError(f"{folder} is not a textdiff model: missing {missing}{hint}")
+    if (folder / "config.json").stat().st_size > 10 << 20:
+        raise ModelFolderError(f"{folder}/config.json is over 10 MiB: not a textdiff model config")
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ModelFolderError(f"{folder}/config.json is not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise ModelFolderError(f"{folder}/config.json is not a JSON object: not a textdiff model")
+    model_type = config.get("model_type")
     for key in ("model_type", "process", "sample"):
         if key not in config:
-            raise ModelFolderError(f"{folder}/config.json has no {key!r}: not a textdiff model")
+            raise ModelFolderError(
+                f"{folder}/config.json (model_type {model_type!r}) has no {key!r}: not a "
+                "textdiff model"
+            )
     try:
-        cls = model_class(config["model_type"])
-    except ValueError as e:
+        cls = model_class(model_type)
+    except (ValueError, TypeError) as e:
         raise ModelFolderError(f"{folder}/config.json: {e}") from None
+    _check_settings(folder, config)
     _check_weights(folder, cls)
-    return config["model_type"]
+    return model_type
+
+
+def _check_settings(folder: Path, config: dict) -> None:
+    """The ``process`` and ``sample`` entries of ``config.json`` checked as a config's are, and
+    ``model_type`` against the network the process needs; every problem names the file."""
+    where = f"{folder}/config.json"
+    try:
+        settings = from_dict(ProcessConfig, config["process"], "process")
+        settings.check()
+        sample = from_dict(SampleConfig, saved_sample_settings(config["sample"]), "sample")
+        sample.check()
+        spec = get_process_spec(settings.noise)
+        spec.check_sample(settings, sample)
+    except ConfigError as e:
+        raise ModelFolderError(f"{where}: {e}; fix it there or re-save the model") from None
+    causal = spec.network == "causal-lm"
+    if (config["model_type"] == "gpt2") != causal:
+        needed = "gpt2" if causal else "textdiff"
+        raise ModelFolderError(
+            f"{where}: model_type {config['model_type']!r} does not fit process.noise "
+            f"{settings.noise!r}, whose network has model_type {needed!r}; the file mixes "
+            "settings of different models"
+        )
 
 
 def _check_weights(folder: Path, cls) -> None:
