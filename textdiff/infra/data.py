@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import glob
+import importlib.util
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -20,14 +21,18 @@ import datasets
 from transformers import PreTrainedTokenizerFast
 
 from ..errors import TextdiffError
-from ..models.tokenization import load_tokenizer, train_tokenizer
-from .config import ConfigError, DataConfig
+from ..models.tokenization import SPECIAL_TOKENS, load_tokenizer, train_tokenizer
+from ..schema import short_repr
+from .config import DataConfig
 
 logger = logging.getLogger(__name__)
 
 BUILDERS = ("text", "json", "csv", "parquet")  # builders that read local `data_files`
 _TEXT_BUILDERS = ("text", "json", "csv")  # builders that decode UTF-8
 _BATCH = 1024  # texts tokenized at once
+MAX_TEXT_CHARS = (
+    1_000_000  # one line (row) longer than this is not a text, e.g. a file with no line ends
+)
 
 
 class DataError(TextdiffError, ValueError):
@@ -46,14 +51,13 @@ def load_text_splits(
     ``cfg.max_train_samples`` keeps the first rows of ``"train"``.
 
     Raises:
-        DataError: A data file is missing, empty or not UTF-8; the column is absent; a split is
-            empty; an E2E line has no ``||``; a hub dataset cannot be reached.
-        ConfigError: ``cfg.max_train_samples`` is not positive.
+        DataError: A data file is missing, a folder, an unreachable URL, empty or not UTF-8; the
+            column is absent or holds something other than text (e.g. numbers); a line is over
+            ``MAX_TEXT_CHARS`` long; a split is empty; an E2E line has no ``||``; a hub dataset
+            cannot be reached.
+        ConfigError: A setting of ``cfg`` is invalid (e.g. ``max_train_samples`` < 1).
     """
-    if cfg.max_train_samples is not None and cfg.max_train_samples < 1:
-        raise ConfigError(
-            f"data.max_train_samples must be positive or null, got {cfg.max_train_samples}"
-        )
+    cfg.check()
     _check_files(cfg)
     try:
         raw = datasets.load_dataset(
@@ -80,14 +84,34 @@ def _check_files(cfg: DataConfig) -> None:
         )
     for split, path in cfg.data_files.items():
         if "://" in path:
+            _check_url(path, split)
             continue
         matches = glob.glob(path) if glob.has_magic(path) else [path] * os.path.exists(path)
         if not matches:
             raise DataError(
                 f"data file {path!r} (split {split!r}) does not exist; fix data.data_files"
             )
+        if all(os.path.isdir(m) for m in matches):
+            raise DataError(
+                f"data file {path!r} (split {split!r}) is a folder; name a file, or the files in "
+                f"it with a glob such as {os.path.join(path, '*.txt')!r}"
+            )
         if all(os.path.isfile(m) and os.path.getsize(m) == 0 for m in matches):
             raise DataError(f"split {split!r} is empty: {path!r} has no data; fill or remove it")
+
+
+def _check_url(url: str, split: str) -> None:
+    """A data file given as a URL is downloaded by ``datasets``; refuse one it cannot fetch."""
+    if datasets.config.HF_DATASETS_OFFLINE or datasets.config.HF_HUB_OFFLINE:
+        reason = "offline mode is on (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)"
+    elif importlib.util.find_spec("aiohttp") is None:
+        reason = "reading URLs needs the aiohttp package"
+    else:
+        return
+    raise DataError(
+        f"data file {url!r} (split {split!r}) is a URL and {reason}; download it and point "
+        "data.data_files at the local copy"
+    )
 
 
 def _explain(cfg: DataConfig, e: BaseException) -> DataError:
@@ -160,12 +184,12 @@ def _prepare(
         )
 
     def transform(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        texts = ["" if t is None else str(t) for t in batch[cfg.column]]
+        texts = _texts(batch[cfg.column], indices, split, cfg)
         out: dict[str, list] = {}
         if cfg.format == "e2e":
             for i, line in zip(indices, texts, strict=True):
                 if line.strip() and "||" not in line:
-                    where = f"line {i + 1}" if cfg.dataset == "text" else f"row {i}"
+                    where = _where(i, cfg)
                     raise DataError(
                         f"split {split!r} {where} has no '||' between MR and sentence "
                         f"({line[:50]!r}); fix the line or set data.format: plain"
@@ -186,6 +210,29 @@ def _prepare(
     if empty:
         raise DataError(f"split {split!r} is empty (no non-blank text); check its data file")
     return ds
+
+
+def _where(index: int, cfg: DataConfig) -> str:
+    return f"line {index + 1}" if cfg.dataset == "text" else f"row {index}"
+
+
+def _texts(values: list, indices: list[int], split: str, cfg: DataConfig) -> list[str]:
+    """The column's values as texts (``None`` as empty); anything else than a string, or a
+    string over ``MAX_TEXT_CHARS`` characters, is refused."""
+    for i, value in zip(indices, values, strict=True):
+        if value is not None and not isinstance(value, str):
+            raise DataError(
+                f"split {split!r} {_where(i, cfg)}: column {cfg.column!r} holds "
+                f"{type(value).__name__} {short_repr(value)}, not text; set data.column to a "
+                "column of text (strings) or write the values as strings"
+            )
+        if value is not None and len(value) > MAX_TEXT_CHARS:
+            raise DataError(
+                f"split {split!r} {_where(i, cfg)} is {len(value):,} characters long, more than "
+                f"one text may be ({MAX_TEXT_CHARS:,}); break the file into lines (one sentence "
+                "or paragraph a line)"
+            )
+    return ["" if t is None else t for t in values]
 
 
 def _peek(ds: datasets.IterableDataset, split: str, cfg: DataConfig) -> dict | None:
@@ -224,10 +271,17 @@ def build_tokenizer(cfg: DataConfig, train_texts: Iterable[str]) -> PreTrainedTo
     """``cfg.tokenizer`` loaded if set, else a tokenizer trained on ``train_texts``."""
     if cfg.tokenizer:
         return load_tokenizer(cfg.tokenizer)
-    return train_tokenizer(
+    tok = train_tokenizer(
         train_texts,
         kind=cfg.tokenizer_kind,
         min_frequency=cfg.min_frequency,
         vocab_size=cfg.bpe_vocab_size,
         lowercase=cfg.lowercase,
     )
+    if len(tok) <= len(SPECIAL_TOKENS):
+        raise DataError(
+            f"no word of the training data is seen data.min_frequency ({cfg.min_frequency}) "
+            "times, so the vocabulary would hold only the special tokens; lower "
+            "data.min_frequency"
+        )
+    return tok
