@@ -16,7 +16,7 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from ..models.tokenization import encode, encode_pairs
+from ..models.tokenization import encode, encode_rows
 from .data import _BATCH, DataError
 
 logger = logging.getLogger(__name__)
@@ -24,12 +24,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TokenizedSplit:
-    """An in-memory split: ``ids`` ``(N, L)``, one row per text (pad) or per chunk (chunk)."""
+    """An in-memory split: ``ids`` ``(N, L)``, one row per text (pad) or per chunk (chunk);
+    ``truncated`` (N,) marks the rows whose text (or condition) was cut to fit (pad only)."""
 
     ids: torch.Tensor  # (N, L) long
     cond: list[str] | None = None  # the E2E MR of each row (packing="pad" only)
     num_truncated: int = 0
     num_texts: int = 0
+    truncated: torch.Tensor | None = None  # (N,) bool, packing="pad" only
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -142,14 +144,13 @@ def tokenize_split(
     if packing == "chunk":
         rows = _chunk_rows(_stream_ids(tok, list(ds["text"])), seq_len, tok.pad_token_id)
         return TokenizedSplit(rows, num_texts=len(ds))
-    parts, num_truncated = [], 0
-    for start in range(0, len(ds), _BATCH):
-        ids, cut = encode(tok, ds[start : start + _BATCH]["text"], seq_len)
-        parts.append(ids)
-        num_truncated += cut
-    _log_truncation(name, num_truncated, len(ds), seq_len)
+    parts = [
+        encode_rows(tok, ds[i : i + _BATCH]["text"], seq_len) for i in range(0, len(ds), _BATCH)
+    ]
+    cut = torch.cat([c for _, c in parts])
+    _log_truncation(name, int(cut.sum()), len(ds), seq_len)
     cond = list(ds["condition"]) if "condition" in ds.column_names else None
-    return TokenizedSplit(torch.cat(parts), cond, num_truncated, len(ds))
+    return TokenizedSplit(torch.cat([ids for ids, _ in parts]), cond, int(cut.sum()), len(ds), cut)
 
 
 def _tokenize_pairs(ds, tok, seq_len: int, packing: str, name: str, C: int) -> TokenizedSplit:
@@ -162,15 +163,18 @@ def _tokenize_pairs(ds, tok, seq_len: int, packing: str, name: str, C: int) -> T
             "(process.condition_len > 0) needs data.format: e2e (lines MR||sentence)"
         )
     conditions = list(ds["condition"])
-    ids, cut_c, cut_t = encode_pairs(tok, conditions, list(ds["text"]), C, seq_len)
-    if cut_c:
+    cond, cut_c = encode_rows(tok, conditions, C)  # as tokenization.encode_pairs lays them out
+    text, cut_t = encode_rows(tok, list(ds["text"]), seq_len - C)
+    if cut_c.any():
         logger.warning(
             "%s: %d of %d conditions were longer than %d tokens and were truncated; raise "
             "process.condition_len",
-            *(name, cut_c, len(ds), C - 1),
+            *(name, int(cut_c.sum()), len(ds), C - 1),
         )
-    _log_truncation(name, cut_t, len(ds), seq_len - C)
-    return TokenizedSplit(ids, conditions, cut_c + cut_t, len(ds))
+    _log_truncation(name, int(cut_t.sum()), len(ds), seq_len - C)
+    num_cut = int(cut_c.sum() + cut_t.sum())
+    ids = torch.cat([cond, text], dim=1)
+    return TokenizedSplit(ids, conditions, num_cut, len(ds), cut_c | cut_t)
 
 
 def _stream_ids(tok: PreTrainedTokenizerFast, texts: list[str]) -> list[int]:

@@ -4,7 +4,8 @@ trained model folder, as one JSON-ready report (also ``textdiff evaluate``).
 Perplexity is ``exp(Σ NLL bound / Σ tokens)`` where tokens are the real tokens plus ``[EOS]``;
 padding is modelled (it encodes the length) but not counted (DESIGN.md §2), so the figure compares
 with the autoregressive baseline's perplexity on the same tokens. Sentences longer than the model
-do not fit and are left out (and counted).
+(with their ``[EOS]``) do not fit and are left out, and counted as ``left_out_too_long``. The
+reference model that scores samples must be an autoregressive one (an exact likelihood).
 
 For a data-to-text model (``process.condition_len > 0``) the bound is the conditional one,
 ``−log p(sentence | MR)``, over the sentence's tokens; accuracy is over the sentence part; samples
@@ -24,27 +25,25 @@ from pathlib import Path
 import torch
 
 from ..diffusion.guidance import condition_positions
+from ..errors import TextdiffError
 from ..models.devices import autocast
 from ..models.pipeline import TextDiffusionPipeline
 from ..models.tokenization import encode
 from .batching import tokenize_split
-from .config import ExperimentConfig, load_config
+from .config import MAX_SEED, ExperimentConfig, load_config
 from .data import iter_texts, load_text_splits
 
 logger = logging.getLogger(__name__)
+
+
+class EvaluationError(TextdiffError, ValueError):
+    """An evaluation cannot be run as asked (bad argument, split, reference model)."""
 
 
 def _progress(enabled: bool, total: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
-
-
-def _fitting(ids: torch.Tensor, eos_id: int, condition_len: int = 0) -> torch.Tensor:
-    """Rows whose [EOS] survived encoding, i.e. sentences (and conditions) not truncated."""
-    if condition_len:
-        return _fitting(ids[:, :condition_len], eos_id) & _fitting(ids[:, condition_len:], eos_id)
-    return (ids == eos_id).any(1)
 
 
 def condition_mask(batch: torch.Tensor, condition_len: int) -> dict:
@@ -197,7 +196,7 @@ def _experiment(model_dir: Path, data_config: str | None) -> ExperimentConfig:
         return load_config(data_config)
     saved = model_dir / "experiment.yaml"
     if not saved.is_file():
-        raise FileNotFoundError(
+        raise EvaluationError(
             f"{model_dir} has no experiment.yaml naming its data; pass --config with a YAML "
             f"whose data: section points at the evaluation files"
         )
@@ -231,14 +230,9 @@ def evaluate_model(
     ``references`` (default: ``e2e-dataset-v1.0.0.zip`` beside the data files).
     ``guidance_scale`` applies to every conditional generation.
     """
+    _check_arguments(max_sentences, num_t, num_samples, seed, bleu_mrs)
     model_dir = Path(model_dir)
-    pipe = TextDiffusionPipeline.from_pretrained(model_dir)
-    bleu = pipe.condition_len > 0 if bleu is None else bleu
-    if bleu and not pipe.condition_len:
-        raise ValueError(
-            "E2E BLEU needs a data-to-text model (process.condition_len > 0); this one is "
-            "unconditional"
-        )
+    pipe, bleu = _open(model_dir, reference_model, num_samples, bleu)
     cfg = _experiment(model_dir, data_config)
     data = EvaluationData.load(pipe, cfg, split, max_sentences)
     report: dict = {
@@ -266,6 +260,45 @@ def evaluate_model(
         )
     report["summary"] = _summary(report)
     return report
+
+
+def _open(model_dir: Path, reference, num_samples: int, bleu: bool | None):
+    """The model's pipeline and whether to score BLEU, once the request is known to fit: the
+    reference model gives an exact likelihood, the samples fit in memory, BLEU has MRs."""
+    from .resources import check_generation_memory
+
+    pipe = TextDiffusionPipeline.from_pretrained(model_dir)
+    if reference is not None:
+        _check_reference(Path(reference))
+    check_generation_memory(pipe, num_samples, 64, "--samples")
+    bleu = pipe.condition_len > 0 if bleu is None else bleu
+    if bleu and not pipe.condition_len:
+        raise EvaluationError(
+            "E2E BLEU needs a data-to-text model (process.condition_len > 0); this one is "
+            "unconditional"
+        )
+    return pipe, bleu
+
+
+def _check_arguments(limit, num_t: int, num_samples: int, seed: int, bleu_mrs) -> None:
+    """The counts ``evaluate_model`` takes, as the command line checks its flags."""
+    counts = dict(max_sentences=limit, num_t=num_t, num_samples=num_samples, bleu_mrs=bleu_mrs)
+    for name, value in counts.items():
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise EvaluationError(f"{name} must be an integer ≥ 1 (or None), got {value!r}")
+    if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+        raise EvaluationError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+
+
+def _check_reference(folder: Path) -> None:
+    """Refuse a reference model without an exact likelihood (a diffusion model's is a bound)."""
+    reference = TextDiffusionPipeline.from_pretrained(folder)
+    if reference.spec.network != "causal-lm":
+        raise EvaluationError(
+            f"--reference {folder} is a {reference.settings.noise} diffusion model, whose "
+            "perplexity is only a bound; pass an autoregressive model folder (e.g. trained with "
+            "configs/e2e-ar.yaml)"
+        )
 
 
 def _accuracy(pipe: TextDiffusionPipeline, batches: list[torch.Tensor], seed: int) -> dict:
@@ -296,12 +329,17 @@ class EvaluationData:
     def load(cls, pipe, cfg: ExperimentConfig, split: str, limit: int | None) -> EvaluationData:
         splits = load_text_splits(cfg.data)
         if split not in splits:
-            raise ValueError(f"the data has no split {split!r}; it has {sorted(splits)}")
+            raise EvaluationError(f"the data has no split {split!r}; it has {sorted(splits)}")
         C = pipe.condition_len
         data = tokenize_split(
             splits[split], pipe.tokenizer, pipe.seq_len, "pad", name=split, condition_len=C
         )
-        fits = _fitting(data.ids, pipe.tokenizer.eos_token_id, C)
+        fits = ~data.truncated  # sentences (and conditions) that were not cut to fit
+        if not fits.any():
+            raise EvaluationError(
+                f"none of the {len(fits)} sentences of split {split!r} fits the model's "
+                f"{pipe.seq_len} positions with its [EOS]; evaluate on shorter sentences"
+            )
         conditions = None
         if C:
             conditions = [c for c, f in zip(data.cond, fits.tolist(), strict=True) if f]
@@ -327,6 +365,12 @@ def _default_references(cfg: ExperimentConfig) -> Path:
     )
 
 
+SUMMARY_SAMPLE_KEYS = (
+    "network_calls_per_batch seconds_per_64 generative_perplexity reference_perplexity_on_real "
+    "entropy real_entropy words real_words distinct_2 real_distinct_2 no_eos pad_inside unk_inside"
+).split()
+
+
 def _summary(report: dict) -> dict:
     b, s = report["bound"], report["samples"]
     out = {
@@ -340,21 +384,7 @@ def _summary(report: dict) -> dict:
         if key in report["rounding"]:
             out[key] = round(report["rounding"][key], 4)
     out["samples"] = f"{s['count']} by {s['sampler']}, {s['steps']} steps, {s['options'] or ''}"
-    for key in (
-        "network_calls_per_batch",
-        "seconds_per_64",
-        "generative_perplexity",
-        "reference_perplexity_on_real",
-        "entropy",
-        "real_entropy",
-        "words",
-        "real_words",
-        "distinct_2",
-        "real_distinct_2",
-        "no_eos",
-        "pad_inside",
-        "unk_inside",
-    ):
+    for key in SUMMARY_SAMPLE_KEYS:
         if key in s:
             out[f"samples {key}"] = round(s[key], 4)
     if "e2e" in report:

@@ -167,7 +167,7 @@ def encode(
     """Encode texts to fixed-length rows ``ids + [EOS] + [PAD]...``.
 
     A text longer than ``seq_len - 1`` tokens is cut to ``seq_len - 1`` tokens so that
-    ``[EOS]`` still ends it.
+    ``[EOS]`` still ends it (:func:`encode_rows` says which).
 
     Args:
         tok: A tokenizer with ``eos_token_id`` and ``pad_token_id``.
@@ -177,19 +177,25 @@ def encode(
     Returns:
         ``(ids, num_truncated)``: ids ``(B, L)`` and how many texts were cut.
     """
+    ids, cut = encode_rows(tok, texts, seq_len)
+    return ids, int(cut.sum())
+
+
+def encode_rows(
+    tok: PreTrainedTokenizerFast, texts: Sequence[str], seq_len: int
+) -> tuple[torch.LongTensor, torch.BoolTensor]:
+    """:func:`encode`, returning which rows were cut: ``(ids (B, L), cut (B,) bool)``."""
     if seq_len < 2:
         raise TokenizerError(f"seq_len must be ≥ 2 (a token and [EOS]), got {seq_len}")
     eos, pad = tok.eos_token_id, tok.pad_token_id
     if not texts:
-        return torch.full((0, seq_len), pad, dtype=torch.long), 0
-    rows, num_truncated = [], 0
+        return torch.full((0, seq_len), pad, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
+    rows, cut = [], []
     for row in tok(list(texts), add_special_tokens=False)["input_ids"]:
-        if len(row) > seq_len - 1:
-            row = row[: seq_len - 1]
-            num_truncated += 1
+        cut.append(len(row) > seq_len - 1)
+        row = row[: seq_len - 1]
         rows.append([*row, eos] + [pad] * (seq_len - 1 - len(row)))
-    ids = torch.tensor(rows, dtype=torch.long)  # (B, L)
-    return ids, num_truncated
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(cut, dtype=torch.bool)
 
 
 def encode_pairs(
