@@ -122,6 +122,16 @@ class Run:
     rounder: Any = None
     options: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
+    guidance: Any = None
+    """A :class:`textdiff.diffusion.control.Guidance` that refines every step's latent."""
+
+    def step(self, step: Step, process: ForwardProcess, x: Tensor, out: Any, t, s) -> tuple:
+        """``step`` from ``t`` to ``s``, then the guidance's refinement of the new latent (not
+        after a corrector step, which stays at ``s``)."""
+        x_s, x0 = step(process, x, out, t, s, self)
+        if self.guidance is not None and float(t) != float(s):
+            x_s = self.guidance.refine(process, x, x_s, x0, t, s)
+        return x_s, x0
 
 
 Step = Callable[["ForwardProcess", Tensor, Any, Any, Any, Run], tuple[Tensor, Tensor]]
@@ -183,6 +193,9 @@ class ForwardProcess(ABC):
     sample_options: dict[str, Any] = {}
     """Options of :meth:`predict` (e.g. ``temperature``) with their defaults, besides the
     samplers' own."""
+    guidable: bool = False
+    """True when gradient guidance (:mod:`textdiff.diffusion.control`) applies: a continuous
+    latent with a Gaussian transition."""
     time_conditioned: bool = True
     """False when the network is not told ``t``: then a step whose input repeats the previous
     one's may reuse its output (the loop's cache)."""

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Denoiser, ForwardProcess, LossTerms, Run, stratified_times
-from .gaussian_samplers import GAUSSIAN_SAMPLERS
+from .base import Denoiser, ForwardProcess, LossTerms, stratified_times
+from .gaussian_samplers import GAUSSIAN_SAMPLERS, GaussianSampling
 from .schedules import Schedule, get_schedule
 
 PREDICTIONS = ("x0", "eps", "posterior")
@@ -43,9 +43,10 @@ def _bcast(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(v.shape + (1,) * (like.dim() - v.dim()))
 
 
-class GaussianProcess(ForwardProcess):
+class GaussianProcess(GaussianSampling, ForwardProcess):
     """``q(h_t | h_0)``, its posterior, prior KL and parameterization conversions, the
-    Diffusion-LM loss, the terms of the NLL bound and the sampling primitives.
+    Diffusion-LM loss and the terms of the NLL bound; the sampling primitives come from
+    :class:`~textdiff.diffusion.gaussian_samplers.GaussianSampling`.
 
     Args:
         schedule: ``ᾱ(t)`` (an instance or a registered name).
@@ -58,6 +59,7 @@ class GaussianProcess(ForwardProcess):
     """
 
     name = "gaussian"
+    guidable = True
     samplers = GAUSSIAN_SAMPLERS
     default_sampler = "ddpm"
     sample_options = {"temperature": 1.0, "clamp": False}
@@ -85,8 +87,7 @@ class GaussianProcess(ForwardProcess):
         )
 
     # ---------------------------------------------------------------- closed forms, §2
-    def alpha_bar(self, t: Tensor | float) -> Tensor:
-        """``ᾱ(t)``, float64."""
+    def alpha_bar(self, t: Tensor | float) -> Tensor:  # ᾱ(t), float64
         return self.schedule.alpha_bar(t)
 
     def q_sample(
@@ -133,9 +134,8 @@ class GaussianProcess(ForwardProcess):
         """
         a = self.alpha_bar(1.0)
         per_dim = 0.5 * (a * x0.double() ** 2 + (1 - a) - 1 - torch.log1p(-a))
-        if clean is not None:
-            return (per_dim.sum(-1) * (~clean).double()).sum(1)
-        return per_dim.flatten(1).sum(1)
+        per_position = per_dim.sum(-1)  # (B, L)
+        return (per_position if clean is None else per_position * (~clean).double()).sum(1)
 
     def x0_from_eps(self, x_t: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
         """``x̂_0 = (h_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t`` (DESIGN.md §2, "Parameterizations")."""
@@ -243,8 +243,7 @@ class GaussianProcess(ForwardProcess):
         every term averages over the other positions only (partial noising, DiffuSeq).
         """
         x0 = model.embed(ids)  # (B, L, d)
-        if t is None:
-            t = stratified_times(ids.shape[0], generator=generator)
+        t = stratified_times(ids.shape[0], generator=generator) if t is None else t
         x_t, eps = self.q_sample(x0, t, generator=generator)
         noised = None if clean is None else ~clean
         if clean is not None:
@@ -280,14 +279,17 @@ class GaussianProcess(ForwardProcess):
 
     def _train_forward(self, model, x_t: Tensor, t: Tensor, table, generator) -> Tensor:
         """The network output for the loss; a self-conditioned model reads its own no-gradient
-        ``x̂_0`` on half of the rows (chosen at random) and zeros on the others."""
+        ``x̂_0`` (computed for those rows only) on the even rows, zeros on the odd ones: a
+        random half, as the rows come shuffled and the stratified times alternate."""
+        t = torch.as_tensor(t, dtype=torch.float64).expand(x_t.shape[0])
         t_net = t.float().to(x_t.device)
         if not getattr(model, "self_conditioning", False):
             return model(x_t, t_net).float()  # (B, L, d), or (B, L, V) for "posterior"
+        x0_prev = torch.zeros_like(x_t)
         with torch.no_grad():
-            x0_prev = self.predict_x0(model(x_t, t_net).float(), x_t, t, table)
-        use = torch.rand(x_t.shape[0], generator=generator) < 0.5
-        return model(x_t, t_net, x0_prev=x0_prev * _bcast(use.double(), x0_prev)).float()
+            even = x_t[0::2]
+            x0_prev[0::2] = self.predict_x0(model(even, t_net[0::2]).float(), even, t[0::2], table)
+        return model(x_t, t_net, x0_prev=x0_prev).float()
 
     def predict_ids(
         self, model: Denoiser, ids: Tensor, t: float, *, rounder, generator=None, clean=None
@@ -351,50 +353,3 @@ class GaussianProcess(ForwardProcess):
         )
         rounding = -logp.double().flatten(1).sum(1)
         return {"diffusion": weight.to(device) * err[:B], "embedding": emb, "rounding": rounding}
-
-    # ---------------------------------------------------------------- sampling, §2
-    def prior(self, run: Run, shape: tuple[int, int]) -> Tensor:
-        """``h_1 ~ N(0, I)`` (B, L, d); the embeddings of known tokens are looked up once."""
-        if run.options.get("clamp") and run.rounder is None:
-            raise ValueError("clamp=True needs a rounder")
-        model = run.model
-        if run.known is not None:
-            run.memory["x0_known"] = model.embed(run.known.ids.to(model.device)).float()
-        return run.noise.normal(torch.empty(*shape, model.embed_dim)).to(model.device)
-
-    def impose(self, run: Run, x: Tensor, t) -> Tensor:
-        """Known tokens ``w``: the latent there becomes a fresh draw of ``q(h_t | E[w])``
-        (DESIGN.md §2, "Forward"), or ``E[w]`` itself where ``known.clean``."""
-        if run.known is None:
-            return x
-        x0_known, device = run.memory["x0_known"], x.device
-        x_known, _ = self.q_sample(x0_known, t, run.noise.normal(x))
-        if run.known.clean is not None:
-            x_known = torch.where(run.known.clean.to(device)[..., None], x0_known, x_known)
-        return torch.where(run.known.mask.to(device)[..., None], x_known, x)
-
-    def predict(self, run: Run, x: Tensor, t, prev: Tensor | None) -> Tensor:
-        """``x̂_0`` at ``t`` (:meth:`denoise`, with ``temperature``; a self-conditioned model
-        reads ``prev``, zeros at the first step), snapped to its nearest word row with
-        ``clamp``, and ``E[w]`` at known positions — so the trajectory leads to them."""
-        if not getattr(run.model, "self_conditioning", False):
-            prev = None
-        elif prev is None:
-            prev = torch.zeros_like(x)
-        t_b = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
-        x0_hat = self.denoise(run.model, x, t_b, prev, run.options["temperature"])
-        if run.options["clamp"]:
-            x0_hat = run.rounder.clamp(x0_hat)
-        if run.known is not None:
-            held = run.known.mask.to(x.device)[..., None]
-            x0_hat = torch.where(held, run.memory["x0_known"], x0_hat)
-        return x0_hat
-
-    def finish(self, run: Run, x: Tensor, x0: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """The last ``x̂_0`` rounded by ``run.rounder`` (if any); known tokens where known."""
-        if run.rounder is None:
-            return None, x0
-        ids = run.rounder.round(x0)
-        if run.known is not None:
-            ids = torch.where(run.known.mask.to(ids.device), run.known.ids.to(ids.device), ids)
-        return ids, x0

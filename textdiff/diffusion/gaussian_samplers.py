@@ -1,4 +1,5 @@
-"""The steps of Gaussian sampling (DESIGN.md §2, "Sampling").
+"""Gaussian sampling (DESIGN.md §2, "Sampling"): the process's sampling primitives
+(:class:`GaussianSampling`) and its steps.
 
 Each step goes from time ``t`` to ``s < t`` given the latent ``x_t`` and the network's ``x̂_0``
 at ``t`` (:meth:`textdiff.diffusion.gaussian.GaussianProcess.predict`), and returns the new
@@ -23,6 +24,57 @@ import torch
 from torch import Tensor
 
 from .base import Run, Sampler, time_grid
+
+
+class GaussianSampling:
+    """The sampling primitives of :class:`~textdiff.diffusion.gaussian.GaussianProcess` (it
+    inherits them): the prior draw, known tokens, the network's x̂_0, rounding."""
+
+    def prior(self, run: Run, shape: tuple[int, int]) -> Tensor:
+        """``h_1 ~ N(0, I)`` (B, L, d); the embeddings of known tokens are looked up once."""
+        if run.options.get("clamp") and run.rounder is None:
+            raise ValueError("clamp=True needs a rounder")
+        model = run.model
+        if run.known is not None:
+            run.memory["x0_known"] = model.embed(run.known.ids.to(model.device)).float()
+        return run.noise.normal(torch.empty(*shape, model.embed_dim)).to(model.device)
+
+    def impose(self, run: Run, x: Tensor, t) -> Tensor:
+        """Known tokens ``w``: the latent there becomes a fresh draw of ``q(h_t | E[w])``
+        (DESIGN.md §2, "Forward"), or ``E[w]`` itself where ``known.clean``."""
+        if run.known is None:
+            return x
+        x0_known, device = run.memory["x0_known"], x.device
+        x_known, _ = self.q_sample(x0_known, t, run.noise.normal(x))
+        if run.known.clean is not None:
+            x_known = torch.where(run.known.clean.to(device)[..., None], x0_known, x_known)
+        return torch.where(run.known.mask.to(device)[..., None], x_known, x)
+
+    def predict(self, run: Run, x: Tensor, t, prev: Tensor | None) -> Tensor:
+        """``x̂_0`` at ``t`` (:meth:`denoise`, with ``temperature``; a self-conditioned model
+        reads ``prev``, zeros at the first step), snapped to its nearest word row with
+        ``clamp``, and ``E[w]`` at known positions — so the trajectory leads to them."""
+        if not getattr(run.model, "self_conditioning", False):
+            prev = None
+        elif prev is None:
+            prev = torch.zeros_like(x)
+        t_b = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
+        x0_hat = self.denoise(run.model, x, t_b, prev, run.options["temperature"])
+        if run.options["clamp"]:
+            x0_hat = run.rounder.clamp(x0_hat)
+        if run.known is not None:
+            held = run.known.mask.to(x.device)[..., None]
+            x0_hat = torch.where(held, run.memory["x0_known"], x0_hat)
+        return x0_hat
+
+    def finish(self, run: Run, x: Tensor, x0: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The last ``x̂_0`` rounded by ``run.rounder`` (if any); known tokens where known."""
+        if run.rounder is None:
+            return None, x0
+        ids = run.rounder.round(x0)
+        if run.known is not None:
+            ids = torch.where(run.known.mask.to(ids.device), run.known.ids.to(ids.device), ids)
+        return ids, x0
 
 
 def ddpm_step(process, x_t: Tensor, x0_hat: Tensor, t, s, run: Run) -> tuple[Tensor, Tensor]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .base import ForwardProcess, Progress, Run, SampleOutput, Sampler
+from .base import ForwardProcess, Progress, Run, SampleOutput
 from .noise import Noise
 
 NEUTRAL = {"clamp": False, "temperature": 1.0, "top_p": 1.0}
@@ -36,17 +36,15 @@ def sample(
     progress: Progress | None = None,
     return_trajectory: bool = False,
     cache: bool = True,
+    guidance=None,
     **options,
 ) -> SampleOutput:
-    """Draw ``shape = (B, L)`` token ids in ``steps`` steps of ``sampler`` (module docstring).
-
-    Random numbers come from ``noise`` (default: one ``generator`` for the batch); ``known``
-    tokens (:class:`~textdiff.diffusion.base.Known`) are held fixed; ``rounder`` maps embeddings
-    to tokens (Gaussian); ``options`` are the sampler's and the prediction's (e.g. ``eta``,
-    ``temperature``), checked by :func:`resolve`.
-    """
-    chosen, options = resolve(process, sampler, options)
-    run = Run(model, noise or Noise(generator), known, rounder, options)
+    """Draw ``shape = (B, L)`` token ids in ``steps`` steps of ``sampler`` (module docstring):
+    random numbers from ``noise`` (default: one ``generator`` for the batch), ``known`` tokens
+    held, ``rounder`` mapping embeddings to tokens, ``guidance`` refining every step
+    (:mod:`textdiff.diffusion.control`), ``options`` checked by :func:`resolve`."""
+    chosen, options = resolve(process, sampler, options, guidance)
+    run = Run(model, noise or Noise(generator), known, rounder, options, guidance=guidance)
     x, x0, seen, out = process.prior(run, shape), None, None, None
     trajectory, nfe, saved = [], 0, 0
     plan = chosen.plan(process, steps, run)
@@ -56,7 +54,7 @@ def sample(
             saved += 1
         else:
             out, seen, nfe = process.predict(run, x, t, x0), x, nfe + 1
-        x, x0 = step(process, x, out, t, s, run)
+        x, x0 = run.step(step, process, x, out, t, s)
         if return_trajectory:
             trajectory.append(x0.cpu())
     ids, last_x0 = process.finish(run, x, x0)
@@ -64,10 +62,12 @@ def sample(
     return SampleOutput(ids, last_x0, kept, nfe, {"nfe_saved": float(saved)})
 
 
-def resolve(process: ForwardProcess, name: str, options: dict) -> tuple[Sampler, dict]:
+def resolve(process: ForwardProcess, name: str, options: dict, guidance=None) -> tuple:
     """The registered sampler ``name`` (``auto``: the process's default) and its options with
     defaults filled in. Options of no sampler of this process are refused, unless they are at
-    a value that changes nothing (:data:`NEUTRAL`)."""
+    a value that changes nothing (:data:`NEUTRAL`); so is guidance of a process without it."""
+    if guidance is not None and not process.guidable:
+        raise ValueError(f"gradient guidance needs a continuous latent, not {process.name} noise")
     name = process.default_sampler if name in ("auto", None) else name
     if name not in process.samplers:
         raise ValueError(

@@ -210,17 +210,14 @@ def evaluate_data2text(
     references: str | Path,
     *,
     limit: int | None = None,
-    num_steps: int | None = None,
-    sampler: str | None = None,
-    sampler_options: dict | None = None,
-    seed: int = 0,
-    guidance_scale: float = 1.0,
     batch_size: int = 64,
     progress: bool = False,
+    **generation,
 ) -> dict:
     """Generate one sentence for each E2E test MR (the first ``limit`` of them) with the
     data-to-text pipeline ``pipe`` and score them: BLEU, SER, TGen's BLEU beside (module
-    docstring)."""
+    docstring). ``generation``: further arguments of ``generate`` (``num_steps``, ``sampler``,
+    ``sampler_options``, ``seed``, ``guidance_scale``, ...)."""
     if pipe.condition_len == 0:
         raise ValueError(
             "E2E BLEU needs a data-to-text model (process.condition_len > 0); this one is "
@@ -232,13 +229,9 @@ def evaluate_data2text(
     texts = pipe.generate(
         len(mrs),
         condition=[to_source_mr(mr) for mr in mrs],
-        num_steps=num_steps,
-        sampler=sampler,
-        sampler_options=sampler_options,
-        seed=seed,
         batch_size=batch_size,
-        guidance_scale=guidance_scale,
         progress=progress,
+        **generation,
     )
     seconds = time.perf_counter() - t0
     hypotheses = [detokenize(t) for t in texts]
@@ -251,8 +244,9 @@ def evaluate_data2text(
         "tgen_bleu": TGEN_BLEU,
         **slot_error_rate(mrs, texts),
         "reference_slot_error_rate": human,
-        "steps": num_steps or pipe.model.config.sample["steps"],
-        "guidance_scale": guidance_scale,
+        "steps": generation.get("num_steps") or pipe.sample_defaults.steps,
+        "sampler": generation.get("sampler") or pipe.sample_defaults.sampler,
+        "guidance_scale": generation.get("guidance_scale", 1.0),
         "seconds": seconds,
         "examples": [
             {"mr": mr, "output": h, "missing": slot_errors(mr, t)}

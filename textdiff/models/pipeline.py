@@ -45,7 +45,30 @@ class GenerationOutput:
 
 
 class TextDiffusionPipeline:
-    """Generates text with a trained denoiser, its forward process and tokenizer."""
+    """Generates text with a trained denoiser, its forward process and tokenizer.
+
+    :meth:`generate` arguments left as ``None`` take the model's saved defaults
+    (``config.sample``: ``sampler``, ``num_steps``, ``clamp``, ``temperature``, ``top_p``,
+    ``sampler_options`` — the sampler's own, e.g. ``{"threshold": 0.8, "length_first": True}``,
+    saved ones applying when ``sampler`` is the saved sampler). The same ``seed`` gives the same
+    text; with ``sample.seeding: per-sample`` (the default of new models) sample ``i`` is the
+    same sentence whatever ``batch_size`` or ``num_samples``.
+
+    ``template``, e.g. ``["The Eagle is a", 4, "near Burger King ."]``: known text (str) is
+    held fixed and each span (int ≥ 1) of that many tokens is generated
+    (:mod:`textdiff.models.template`; an invalid one raises ``TemplateError``). For a
+    data-to-text model (``process.condition_len > 0``), ``condition`` is the meaning
+    representation: one string for all samples or one per sample; ``None`` is the null
+    condition. ``guidance_scale`` ``s`` is classifier-free guidance
+    (:mod:`textdiff.diffusion.guidance`): 1 conditional, 0 unconditional (exactly the null
+    condition), > 1 sharper. For such a model ``ids`` and ``x0`` cover the sentence part only
+    (positions ``condition_len`` on); the trajectory covers whole rows.
+
+    ``control`` steers a Gaussian model by gradients (:mod:`textdiff.diffusion.control`): a
+    :class:`~textdiff.diffusion.control.Guidance`, or ``(control, λ)`` pairs (or one control,
+    ``λ = 1``) with the guidance defaults; :meth:`length_control` and :meth:`token_control`
+    build common ones, and any ``control(x, t) -> log p`` of latents works.
+    """
 
     def __init__(self, model, tokenizer, precision: str = "auto"):
         self.model, self.tokenizer, self.precision = model.eval(), tokenizer, precision
@@ -103,6 +126,26 @@ class TextDiffusionPipeline:
         """The generation defaults saved with the model (``config.json`` ``sample``)."""
         return from_dict(SampleConfig, saved_sample_settings(self.model.config.sample), "sample")
 
+    def length_control(self, length: int):
+        """A control for sentences of ``length`` tokens, then [EOS] (Gaussian models)."""
+        from ..diffusion.control import LengthControl
+
+        if not 0 <= length < self.seq_len - self.condition_len:
+            raise ValueError(
+                f"length must be in 0..{self.seq_len - self.condition_len - 1}, got {length}"
+            )
+        tok, table = self.tokenizer, self.model.word_table().detach()
+        return LengthControl(self.process, table, length, tok.eos_token_id, tok.pad_token_id)
+
+    def token_control(self, position: int, token: str | int):
+        """A control for ``token`` (a word of the vocabulary, or an id) at ``position``."""
+        from ..diffusion.control import TokenControl
+
+        ids = token if isinstance(token, int) else self.tokenizer.convert_tokens_to_ids(token)
+        if ids is None or ids == self.tokenizer.unk_token_id or not 0 <= position < self.seq_len:
+            raise ValueError(f"no token {token!r} at position {position} in this model")
+        return TokenControl(self.process, self.model.word_table().detach(), position, ids)
+
     @property
     def rounder(self) -> Rounder | None:
         """FAISS index over the current word table, rebuilt if the weights changed (``None`` for
@@ -116,7 +159,6 @@ class TextDiffusionPipeline:
             self._rounder.update(weight)
         return self._rounder
 
-    @torch.inference_mode()
     def generate(
         self,
         num_samples: int,
@@ -136,27 +178,12 @@ class TextDiffusionPipeline:
         template: Sequence[str | int] | None = None,
         condition: str | Sequence[str] | None = None,
         guidance_scale: float = 1.0,
+        control=None,
     ) -> list[str] | GenerationOutput:
-        """Generate ``num_samples`` sentences.
-
-        Settings left as ``None`` take the model's saved defaults (``config.sample``). The same
-        ``seed`` gives the same text; with ``sample.seeding: per-sample`` (the default of new
-        models) sample ``i`` is the same sentence whatever ``batch_size`` or ``num_samples``.
-        Returns the texts, or a :class:`GenerationOutput` when ``return_ids`` or
-        ``return_trajectory`` is set. ``sampler_options`` are the sampler's own (e.g.
-        ``{"threshold": 0.8, "length_first": True}``); the saved ones apply when ``sampler`` is
-        the saved sampler.
-
-        ``template``, e.g. ``["The Eagle is a", 4, "near Burger King ."]``: known text (str)
-        is held fixed and each span (int ≥ 1) of that many tokens is generated
-        (:mod:`textdiff.models.template`; an invalid one raises ``TemplateError``). For a
-        data-to-text model (``process.condition_len > 0``), ``condition`` is the meaning
-        representation: one string for all samples or one per sample; ``None`` is the null
-        condition (unconditional sampling). ``guidance_scale`` ``s`` is classifier-free
-        guidance (:mod:`textdiff.diffusion.guidance`): 1 conditional, 0 unconditional (exactly
-        the null condition), > 1 sharper. For such a model ``ids`` and ``x0`` cover the sentence
-        part only (positions ``condition_len`` on); the trajectory covers whole rows.
-        """
+        """Generate ``num_samples`` sentences; the arguments are described in the class
+        docstring. Returns the texts, or a :class:`GenerationOutput` when ``return_ids`` or
+        ``return_trajectory`` is set."""
+        guidance = _guidance(control)
         overrides = dict(sampler=sampler, steps=num_steps, clamp=clamp)
         overrides.update(temperature=temperature, top_p=top_p, options=sampler_options)
         settings = self._sample_settings(overrides)
@@ -168,14 +195,13 @@ class TextDiffusionPipeline:
         seed = seed if seed is not None else torch.seed() % 2**63
         shared = Noise(torch.Generator().manual_seed(seed))
         batches = range(0, num_samples, batch_size)
-        bar = _Progress(progress, len(batches) * settings.steps)
-        outputs = []
-        for lo in batches:
-            n = min(batch_size, num_samples - lo)
-            noise = shared if settings.seeding == "shared" else RowNoise(seed, lo, n)
-            outputs.append(
-                self._sample_batch(request, lo, n, length, settings, noise, bar, return_trajectory)
-            )
+        bar, outputs = _Progress(progress, len(batches) * settings.steps), []
+        with torch.no_grad() if guidance is not None else torch.inference_mode():
+            for lo in batches:
+                n = min(batch_size, num_samples - lo)
+                noise = shared if settings.seeding == "shared" else RowNoise(seed, lo, n)
+                batch = (request, lo, n, length, settings, noise, bar, return_trajectory)
+                outputs.append(self._sample_batch(*batch, guidance))
         bar.close()
         return self._decode(request, outputs, return_ids or return_trajectory, return_trajectory)
 
@@ -206,7 +232,16 @@ class TextDiffusionPipeline:
         return length
 
     def _sample_batch(
-        self, request: Request, lo: int, n: int, length: int, settings, noise, bar, trajectory
+        self,
+        request: Request,
+        lo: int,
+        n: int,
+        length: int,
+        settings,
+        noise,
+        bar,
+        trajectory,
+        guidance=None,
     ):
         """One batch of samples ``lo .. lo + n`` through the sampling loop."""
         options = {k: getattr(settings, k) for k in ("clamp", "temperature", "top_p")}
@@ -223,6 +258,7 @@ class TextDiffusionPipeline:
                 rounder=self.rounder,
                 progress=bar,
                 return_trajectory=trajectory,
+                guidance=guidance,
                 **options,
             )
 
@@ -241,6 +277,17 @@ class TextDiffusionPipeline:
         trajectories = [out.trajectory for out in outputs] if trajectory else None
         nfe = sum(out.nfe for out in outputs)
         return GenerationOutput(texts, ids[:, C:], x0, trajectories, nfe, info)
+
+
+def _guidance(control):
+    """``generate``'s ``control`` argument as a :class:`Guidance` (``None``: no control)."""
+    from ..diffusion.control import Guidance
+
+    if control is None or isinstance(control, Guidance):
+        return control
+    if callable(control):
+        return Guidance([(control, 1.0)])
+    return Guidance(list(control))
 
 
 class _Progress:
