@@ -343,8 +343,9 @@ class CheckpointManager:
                 except pickle.UnpicklingError:
                     problem = "a file holds pickled objects that a weights-only load refuses"
                 except READ_ERRORS as e:
-                    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    problem = f"cannot be loaded: {reason[:200]}"
+                    reason = " ".join(str(e).split()) or type(e).__name__  # all its lines
+                    cut = reason if len(reason) <= 400 else reason[:397] + "..."
+                    problem = f"cannot be loaded: {cut}"
             logger.warning("checkpoint %s is unusable (%s); trying an older one", path, problem)
         if problem is not None:
             raise CheckpointError(
