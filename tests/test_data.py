@@ -12,7 +12,7 @@ import torch
 from textdiff.infra.batching import StreamingSplit, TokenizedSplit, tokenize_split
 from textdiff.infra.config import DataConfig
 from textdiff.infra.data import DataError, build_tokenizer, iter_texts, load_text_splits
-from textdiff.models.tokenization import encode, train_tokenizer
+from textdiff.models.tokenization import encode, encode_rows, train_tokenizer
 
 TEXTS = [
     "the cat sat on the mat .",
@@ -163,6 +163,20 @@ def test_pad_packing_keeps_conditions_and_logs_truncation(tmp_path, tok, caplog)
     assert 0 < too_long < len(TEXTS)
     assert split.num_truncated == cut == too_long and split.num_texts == len(TEXTS)
     assert f"train: {too_long} of {len(TEXTS)} lines" in caplog.text
+
+
+def test_pad_packing_marks_the_rows_it_cut(tmp_path, tok):
+    lines = [f"a cat||{t}" for t in TEXTS] + ["the dog and the cat are friends .||a cat ."]
+    train = load(format="e2e", data_files={"train": write_lines(tmp_path / "e.txt", lines)})
+    split = tokenize_split(train["train"], tok, seq_len=7, name="train")
+    long = [len(t.split()) > 6 for t in TEXTS] + [False]
+    assert split.truncated.tolist() == long and split.num_truncated == sum(long)
+    ids, cut = encode_rows(tok, TEXTS, 7)
+    assert cut.tolist() == long[:-1] and torch.equal(ids, encode(tok, TEXTS, 7)[0])
+    # data-to-text rows: cut when the condition or the sentence was cut
+    pairs = tokenize_split(train["train"], tok, seq_len=12, name="train", condition_len=4)
+    assert pairs.truncated.tolist() == [len(t.split()) > 7 for t in TEXTS] + [True]
+    assert pairs.num_truncated == int(pairs.truncated.sum())
 
 
 def test_chunk_packing_reconstructs_the_stream(tmp_path, tok):
