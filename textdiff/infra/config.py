@@ -288,8 +288,9 @@ def _resolve_paths(cfg: ExperimentConfig, base: Path) -> None:
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        raise ConfigError(f"config {str(path)!r} is a folder; pass a YAML file")
+    if path.exists() and not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise ConfigError(f"config {str(path)!r} is {what}; pass a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     if path.stat().st_size > MAX_CONFIG_BYTES:

@@ -144,6 +144,9 @@ def _explain(cfg: DataConfig, e: BaseException) -> DataError:
                 "`dataset: text` with `data_files`"
             )
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    causes = [c for c in chain[1:] if str(c).strip()]
+    if causes:  # what went wrong underneath, e.g. a CSV parser's line number
+        first += f" ({str(causes[-1]).strip().splitlines()[0]})"
     return DataError(
         f"could not load dataset {cfg.dataset!r}: {first}; check data.dataset and data.data_files"
     )
