@@ -1,14 +1,15 @@
 """Plug-and-play control of Gaussian sampling with classifier gradients (Diffusion-LM, §5).
 
 A control scores the continuous latent: ``log p(c | h_s)`` per sentence (B,), differentiable in
-``h_s``. After each step ``t → s`` of any sampler, :class:`Guidance` moves the new latent a few
-gradient steps uphill on
+``h_s``. After each step ``t → s`` of any sampler, :class:`Guidance` moves the step's new latent
+``h̃_s`` a few gradient steps uphill on
 
-    ``Σ_c λ_c log p(c | h_s, s)  −  ‖h_s − μ̃‖² / (2 β̃)``,
+    ``Σ_c λ_c log p(c | h_s, s)  −  ‖h_s − h̃_s‖² / (2 β̃)``,
 
-where the second term is the fluency term: the log-density of the model's own transition
-``q(h_s | h_t, x̂_0) = N(μ̃, β̃ I)`` (DESIGN.md §2, "Posterior"), which keeps the latent where
-the model would have put it. Each inner step is an Adagrad step of size ``step_size`` (as
+where the second term is the fluency term: a Gaussian of the model's own transition variance
+``β̃`` (DESIGN.md §2, "Posterior") around where the model put the latent, which keeps it there
+unless the controls pay for the move. (Centred on the step's output rather than on the
+transition mean ``μ̃``, it keeps the step's noise: the latent stays a draw, not a mean.) Each inner step is an Adagrad step of size ``step_size`` (as
 Diffusion-LM). With every ``λ = 0`` the latent is not touched, so sampling is exactly the
 uncontrolled one for the same seed. Only the latent is optimised: the network and the
 classifiers get no gradient (their parameters are never handed to the optimiser, and the latent
@@ -122,14 +123,14 @@ class Guidance:
         """The latent ``x_s`` of the step ``t → s`` after the inner gradient steps."""
         if not self.steps or not any(w for _, w in self.controls) or float(s) < self.min_t:
             return x_s
-        mean, var = process.posterior(x_t, x0_hat, t, s)
-        var = var.clamp(min=1e-8)
+        _, var = process.posterior(x_t, x0_hat, t, s)
+        var, anchor = var.clamp(min=1e-8), x_s.detach().float()
         t_s = torch.as_tensor(s, dtype=torch.float64).expand(x_s.shape[0]).to(x_s.device)
         with torch.enable_grad():
             x = x_s.detach().float().clone().requires_grad_(True)
             optimizer = torch.optim.Adagrad([x], lr=self.step_size)
             for _ in range(self.steps):
-                fluency = (x - mean).pow(2).div(2 * var).flatten(1).sum(1)
+                fluency = (x - anchor).pow(2).div(2 * var).flatten(1).sum(1)
                 loss = -(self.log_prob(x, t_s) - self.fluency * fluency).sum()
                 optimizer.zero_grad()
                 loss.backward()

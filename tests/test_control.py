@@ -1,0 +1,83 @@
+"""Gradient guidance of Gaussian sampling: oracle controls land, λ = 0 changes nothing, and no
+gradient reaches the model."""
+
+import pytest
+import torch
+from test_samplers import random_pipe
+
+from textdiff.diffusion.control import Guidance, LengthControl, TokenControl
+from textdiff.diffusion.gaussian import GaussianProcess
+from textdiff.diffusion.rounding import Rounder
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return random_pipe("gaussian", sampler="ddpm")
+
+
+class DataPrior:
+    """The exact x̂_0 when the data are x0 ~ N(0, I): ``E[x0 | h_t] = √ᾱ_t h_t`` (the word rows
+    are N(0, I) too). The last x̂_0, which is rounded, follows the latent: only the guidance
+    decides which words come out."""
+
+    embed_dim, device = 4, torch.device("cpu")
+
+    def __init__(self, process):
+        self.process = process
+
+    def __call__(self, x_t, t):
+        return x_t * self.process.alpha_bar(t.double()).sqrt()[:, None, None].float()
+
+
+def steer(control, weight=5.0, B=64, L=8, seed=0):
+    process = GaussianProcess("sqrt")
+    table = torch.randn(12, 4, generator=torch.Generator().manual_seed(5))
+    model = DataPrior(process)
+    guidance = Guidance([(control(process, table), weight)]) if control else None
+    gen = torch.Generator().manual_seed(seed)
+    return process.sample(
+        model, (B, L), steps=40, rounder=Rounder(table), generator=gen, guidance=guidance
+    ).ids
+
+
+def test_an_oracle_token_control_puts_the_token_at_its_position():
+    free = steer(None)
+    steered = steer(lambda p, table: TokenControl(p, table, position=4, token=7))
+    assert (free[:, 4] == 7).float().mean() < 0.3
+    assert (steered[:, 4] == 7).float().mean() > 0.95
+    assert (steered[:, :4] == free[:, :4]).float().mean() > 0.8  # the rest is left alone
+
+
+def test_a_length_control_ends_the_sentence_where_asked():
+    EOS, PAD = 1, 0
+    out = steer(lambda p, table: LengthControl(p, table, 5, eos_id=EOS, pad_id=PAD), 20.0)
+    assert (out[:, 5] == EOS).float().mean() > 0.95
+    assert (out[:, 6:] == PAD).float().mean() > 0.95
+    assert ((out[:, :5] == EOS) | (out[:, :5] == PAD)).float().mean() < 0.05
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm-solver"])
+def test_zero_weight_is_uncontrolled_sampling(pipe, sampler):
+    free = pipe.generate(8, seed=2, sampler=sampler, return_ids=True)
+    zero = pipe.generate(
+        8, seed=2, sampler=sampler, return_ids=True, control=[(pipe.length_control(5), 0.0)]
+    )
+    assert torch.equal(free.ids, zero.ids) and torch.equal(free.x0, zero.x0)
+
+
+def test_guidance_leaves_no_gradient_in_the_model(pipe):
+    calls = []
+
+    def spy(x, t):
+        calls.append(x.requires_grad)
+        return -x.pow(2).flatten(1).sum(1)
+
+    pipe.generate(4, seed=3, control=[(spy, 1.0)])
+    assert calls and all(calls)  # the control did see a latent it could differentiate ...
+    assert all(p.grad is None for p in pipe.model.parameters())  # ... and the model got nothing
+
+
+def test_guidance_needs_a_continuous_latent():
+    mask = random_pipe("mask")
+    with pytest.raises(ValueError, match="continuous latent"):
+        mask.generate(2, control=[(lambda x, t: x.sum((1, 2)), 1.0)])
