@@ -60,8 +60,7 @@ _MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokeni
 
 
 class RunFolderError(TextdiffError, ValueError):
-    """The output folder cannot be used as asked (it holds another run, or foreign files, or
-    another process is training there)."""
+    """The output folder cannot be used as asked (another run, foreign files, a live writer)."""
 
 
 # ---------------------------------------------------------------------------------- manifest
@@ -229,15 +228,11 @@ def run_scope() -> Iterator[None]:
 def prepare_run_folder(
     out: Path, cfg: ExperimentConfig, *, resume: bool, overwrite: bool
 ) -> RunLock:
-    """Make ``out`` ready for a run of ``cfg`` and lock it; never deletes a file textdiff did
-    not write (module docstring).
-
-    A folder that already holds a run is refused unless ``resume`` (the run's model, process and
-    data settings must match ``cfg``) or ``overwrite`` (the files textdiff wrote there are
-    removed); a run that stopped before anything was trained is replaced. The memory a run of
-    ``cfg`` needs is checked first. Returns the folder's lock, held until released or the end
-    of :func:`run_scope`.
-    """
+    """Make ``out`` ready for a run of ``cfg`` (whose memory is checked first) and lock it;
+    never deletes a file textdiff did not write. A folder holding a run is refused unless
+    ``resume`` (its model, process and data settings must match ``cfg``) or ``overwrite``; a run
+    that stopped before anything was trained is replaced. Returns the lock, held until released
+    or the end of :func:`run_scope`."""
     if resume and overwrite:
         raise RunFolderError("resume and overwrite exclude each other; pass only one of them")
     if out.exists() and not out.is_dir():
@@ -245,10 +240,7 @@ def prepare_run_folder(
     check_training_memory(cfg)
     lock = RunLock(out) if (out / LOCK_FILE).is_file() else None
     try:
-        if lock is None:  # nothing is created in a folder that is refused
-            _plan(out, cfg, resume=resume, overwrite=overwrite)
-            _make_folder(out)
-            lock = RunLock(out)
+        lock = lock or _create_and_lock(out, cfg, resume=resume, overwrite=overwrite)
         action, files = _plan(out, cfg, resume=resume, overwrite=overwrite)
         try:
             _apply(out, cfg, action, files)
@@ -264,7 +256,15 @@ def prepare_run_folder(
     return lock
 
 
-def _make_folder(out: Path) -> None:
+def _create_and_lock(out: Path, cfg: ExperimentConfig, **flags) -> RunLock:
+    """Check ``out`` first (a refused folder gets no lock file), then create and lock it; a
+    refusal caused by a run that started meanwhile is reported as that run's lock."""
+    try:
+        _plan(out, cfg, **flags)
+    except RunFolderError:
+        if (out / LOCK_FILE).is_file():
+            RunLock(out).release()  # raises if another process holds it
+        raise
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -272,6 +272,7 @@ def _make_folder(out: Path) -> None:
             f"cannot create the output folder {out} ({e.strerror or e}); choose another "
             "--output-dir (train.output_dir)"
         ) from None
+    return RunLock(out)
 
 
 def _plan(out: Path, cfg: ExperimentConfig, *, resume: bool, overwrite: bool):
