@@ -9,9 +9,10 @@ A control scores the continuous latent: ``log p(c | h_s)`` per sentence (B,), di
 where the second term is the fluency term: a Gaussian of the model's own transition variance
 ``β̃`` (DESIGN.md §2, "Posterior") around where the model put the latent, which keeps it there
 unless the controls pay for the move. (Centred on the step's output rather than on the
-transition mean ``μ̃``, it keeps the step's noise: the latent stays a draw, not a mean.) Each inner step is an Adagrad step of size ``step_size`` (as
-Diffusion-LM). With every ``λ = 0`` the latent is not touched, so sampling is exactly the
-uncontrolled one for the same seed. Only the latent is optimised: the network and the
+transition mean ``μ̃``, it keeps the step's noise: the latent stays a draw, not a mean.)
+Each inner step is an Adagrad step of size ``step_size`` (as Diffusion-LM). With every
+``λ = 0`` the latent is not touched, so sampling is exactly the uncontrolled one for the same
+seed. Only the latent is optimised: the network and the
 classifiers get no gradient (their parameters are never handed to the optimiser, and the latent
 is a fresh leaf each step).
 
