@@ -63,7 +63,6 @@ def parse_template(template: Sequence[str | int], tok: PreTrainedTokenizerFast, 
         )
     if not template:
         raise TemplateError(f"the template is empty; give known text and spans, e.g. {EXAMPLE}")
-    specials = {tok.pad_token_id, tok.eos_token_id, tok.mask_token_id}
     ids: list[int] = []
     known: list[bool] = []
     for i, item in enumerate(template):
@@ -84,22 +83,7 @@ def parse_template(template: Sequence[str | int], tok: PreTrainedTokenizerFast, 
             ids += [tok.pad_token_id] * item
             known += [False] * item
             continue
-        if not item.strip():
-            raise TemplateError(f"template item {i} is empty text; remove it or give words")
-        row = _tokens(tok, item)
-        bad = [tok.convert_ids_to_tokens(t) for t in row if t in specials]
-        if bad:
-            raise TemplateError(
-                f"template item {i} ({reprlib.repr(item)}) contains the special token(s) "
-                f"{' '.join(bad)}; "
-                "known text is plain words (the end of the sentence is added after the template)"
-            )
-        if tok.unk_token_id in row:
-            unknown = [w for w in item.split() if tok.unk_token_id in _tokens(tok, w)]
-            raise TemplateError(
-                f"template item {i}: {' '.join(map(repr, unknown)) or repr(item)} not in the "
-                "model's vocabulary (would become [UNK]); use words the model knows"
-            )
+        row = _known_text(i, item, tok)
         ids += row
         known += [True] * len(row)
     if all(known):
@@ -115,6 +99,29 @@ def parse_template(template: Sequence[str | int], tok: PreTrainedTokenizerFast, 
     ids += [tok.eos_token_id] + [tok.pad_token_id] * (n - length - 1)
     known += [True] * (n - length)
     return Template(torch.tensor(ids), torch.tensor(known), length)
+
+
+def _known_text(i: int, item: str, tok: PreTrainedTokenizerFast) -> list[int]:
+    """The tokens of template item ``i``, known text: not empty, no special token, no word
+    outside the vocabulary."""
+    if not item.strip():
+        raise TemplateError(f"template item {i} is empty text; remove it or give words")
+    row = _tokens(tok, item)
+    specials = {tok.pad_token_id, tok.eos_token_id, tok.mask_token_id}
+    bad = [tok.convert_ids_to_tokens(t) for t in row if t in specials]
+    if bad:
+        raise TemplateError(
+            f"template item {i} ({reprlib.repr(item)}) contains the special token(s) "
+            f"{' '.join(bad)}; known text is plain words (the end of the sentence is added "
+            "after the template)"
+        )
+    if tok.unk_token_id in row:
+        unknown = [w for w in item.split() if tok.unk_token_id in _tokens(tok, w)]
+        raise TemplateError(
+            f"template item {i}: {' '.join(map(repr, unknown[:5])) or reprlib.repr(item)} not "
+            "in the model's vocabulary (would become [UNK]); use words the model knows"
+        )
+    return row
 
 
 def decode_template(
