@@ -19,7 +19,7 @@ import signal
 import sys
 
 from ..errors import TextdiffError
-from .config import MAX_SAMPLE_STEPS, MAX_SEED
+from .config import MAX_EVAL_SAMPLES, MAX_SAMPLE_STEPS, MAX_SEED
 from .resources import OutputFile
 
 # what a path the user gave can run into on the file system: a one-line refusal, not a bug
@@ -243,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     t.add_argument("--overwrite", action="store_true", help="replace the run in the output folder")
-    t.add_argument("--samples", type=_int(0), default=8, help="sentences to print at the end")
+    t.add_argument(
+        "--samples", type=_int(0, MAX_EVAL_SAMPLES), default=8, help="sentences to print at the end"
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 

@@ -119,6 +119,9 @@ class OutputFile:
             raise OutputError(
                 f"cannot write --out {path} ({e.strerror}); choose a folder you can write to"
             ) from None
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # the permissions of a file opened for writing
         os.close(fd)
         self.tmp = Path(tmp)
 
@@ -128,5 +131,5 @@ class OutputFile:
 
     def __del__(self) -> None:  # the work failed before write(): no file is left behind
         tmp = getattr(self, "tmp", None)
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
