@@ -497,3 +497,15 @@ def test_every_user_error_is_a_textdiff_error():
     for cls in (RunFolderError, ResourceError, ConfigError, DataError, TemplateError):
         assert issubclass(cls, TextdiffError)
     assert torch.tensor(0).item() == 0
+
+
+def test_rewinding_metrics_keeps_each_record_once(tmp_path):
+    from textdiff.infra.checkpoint import rewind_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [(1, "train"), (2, "train"), (1, "train"), (2, "valid"), (2, "train"), (3, "train")]
+    lines = [json.dumps({"step": s, "split": p}) for s, p in rows]
+    path.write_text("\n".join([*lines, '{"step": "x"}', '{"step": 1}']) + "\n")
+    kept = rewind_metrics(path, 2)
+    assert [(r["step"], r["split"]) for r in kept] == [(1, "train"), (2, "train"), (2, "valid")]
+    assert records(tmp_path) == [(1, "train"), (2, "train"), (2, "valid")]

@@ -106,19 +106,22 @@ def write_folder(folder: Path, write: Callable[[Path], None]) -> None:
 def rewind_metrics(path: Path, step: int) -> list[dict]:
     """Cut ``metrics.jsonl`` back to what a run had logged when it saved the checkpoint of
     ``step``: the records of steps ≤ ``step`` except ``final`` ones (a run killed after the
-    checkpoint logged more, and a resumed run logs those steps again). A line cut short by a kill
+    checkpoint logged more, and a resumed run logs those steps again), each (step, split) once
+    (repeats are what writers without the run folder's lock left). A line cut short by a kill
     ends the file. Returns the records kept."""
     if not path.is_file():
         return []
-    kept, lines = [], []
+    kept, lines, seen = [], [], set()
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             break
-        if not isinstance(record, dict):
+        if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
             break
-        if record.get("step", 0) <= step and record.get("split") != "final":
+        key = (record.get("step", 0), str(record.get("split")))
+        if key[0] <= step and key[1] != "final" and key not in seen:
+            seen.add(key)
             kept.append(record)
             lines.append(line + "\n")
     tmp = path.with_name(f".{path.name}.tmp")
