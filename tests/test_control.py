@@ -8,6 +8,7 @@ from test_samplers import random_pipe
 from textdiff.diffusion.control import Guidance, LengthControl, TokenControl
 from textdiff.diffusion.gaussian import GaussianProcess
 from textdiff.diffusion.rounding import Rounder
+from textdiff.models.pipeline import TextDiffusionPipeline
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,37 @@ def test_guidance_needs_a_continuous_latent():
     mask = random_pipe("mask")
     with pytest.raises(ValueError, match="continuous latent"):
         mask.generate(2, control=[(lambda x, t: x.sum((1, 2)), 1.0)])
+
+
+def test_e2e_slot_labels_are_the_realised_slots():
+    from textdiff.infra.classify import e2e_slot_labels
+
+    mr = "name : The Eagle | Type : pub | food : Japanese | area : riverside"
+    labels = e2e_slot_labels(mr, "The Eagle is a pub serving Japanese food .")
+    assert labels == ["name[The Eagle]", "eatType[pub]", "food[Japanese]"]  # no riverside
+
+
+def test_a_trained_classifier_saves_loads_and_steers_its_own_model_only(tmp_path, e2e_dir):
+    from test_training import tiny
+
+    from textdiff.infra.classify import classifier_control, control_success, train_classifier
+    from textdiff.infra.trainer import train
+
+    run = train(tiny(tmp_path / "run", "model.seq_len=24"), progress=False)
+    result = train_classifier(run.model_dir, tmp_path / "clf", steps=20, progress=False)
+    assert "eatType[pub]" in result.labels and 0 <= result.valid_accuracy <= 1
+    pipe = TextDiffusionPipeline.from_pretrained(run.model_dir, precision="fp32")
+    control = classifier_control(pipe, tmp_path / "clf", "eatType[pub]")
+    report = control_success(
+        pipe,
+        control,
+        lambda text: "pub" in text,
+        num_samples=4,
+        num_steps=4,
+        guidance={"weight": 2.0},
+    )
+    assert 0 <= report["success"] <= 1 and len(report["texts"]) == 4
+    assert all(p.grad is None for p in control.classifier.parameters())
+    other = random_pipe("gaussian")  # another model's word table
+    with pytest.raises(ValueError, match="latents of another model"):
+        classifier_control(other, tmp_path / "clf", "eatType[pub]")

@@ -1,0 +1,121 @@
+"""A classifier of noised word latents, for plug-and-play control (Diffusion-LM, §5).
+
+``LatentClassifier(h_t, t) → logits`` (B, K): a small bidirectional Transformer over
+``[h_t ; e]`` (the same input layout as the denoiser, without self-conditioning), mean-pooled,
+with one logit per label — independent labels (sigmoid), so a sentence may carry several (e.g.
+the slots ``food[Japanese]`` and ``area[riverside]`` of an E2E meaning representation). It is
+trained on latents ``h_t ~ q(h_t | E[w])`` of one diffusion model's word table ``E`` at random
+``t`` (:mod:`textdiff.infra.classify`), so it reads that model's latents at every step of
+sampling; ``config.table_fingerprint`` records which table, and :func:`check_table` refuses
+another. Saved and loaded like a model: ``config.json`` + ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor, nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from .config import ModelConfig
+from .modeling import Block, sinusoidal, sinusoidal_angles
+
+
+class LatentClassifierConfig(PretrainedConfig):
+    """The classifier's labels, the latent it reads (``embed_dim``, ``seq_len``, the table's
+    fingerprint) and its network size."""
+
+    model_type = "textdiff-classifier"
+
+    def __init__(
+        self,
+        labels: list[str] | None = None,
+        embed_dim: int = 16,
+        seq_len: int = 48,
+        pos_dim: int = 32,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        table_fingerprint: str = "",
+        **kwargs,
+    ):
+        self.labels = list(labels or [])
+        self.embed_dim, self.seq_len, self.pos_dim = embed_dim, seq_len, pos_dim
+        self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
+        self.table_fingerprint = table_fingerprint
+        super().__init__(**kwargs)
+
+
+class LatentClassifier(PreTrainedModel):
+    """``(h_t, t) → logits`` over :attr:`labels` (module docstring)."""
+
+    config_class = LatentClassifierConfig
+    main_input_name = "x_t"
+
+    def __init__(self, config: LatentClassifierConfig):
+        super().__init__(config)
+        if not config.labels:
+            raise ValueError("a latent classifier needs at least one label")
+        D = config.hidden_size
+        block = ModelConfig(hidden_size=D, num_heads=config.num_heads, dropout=0.0)
+        self.in_proj = nn.Linear(config.embed_dim + config.pos_dim, D)
+        self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
+        self.blocks = nn.ModuleList(Block(block) for _ in range(config.num_layers))
+        self.ln_out = nn.LayerNorm(D)
+        self.head = nn.Linear(D, len(config.labels))
+        self.post_init()
+
+    @property
+    def labels(self) -> list[str]:
+        return self.config.labels
+
+    def label_index(self, label: str) -> int:
+        """The index of ``label``; a ValueError lists the labels when it is not one."""
+        if label not in self.config.labels:
+            raise ValueError(
+                f"{label!r} is not a label of this classifier; its labels: "
+                f"{', '.join(self.config.labels)}"
+            )
+        return self.config.labels.index(label)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, 0.02)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """Logits (B, K) for latents ``x_t`` (B, L, d) at times ``t`` (B,) in [0, 1]."""
+        B, L, _ = x_t.shape
+        cfg = self.config
+        e = sinusoidal(torch.arange(L, device=x_t.device), cfg.pos_dim).to(x_t.dtype)
+        h = self.in_proj(torch.cat([x_t, e.expand(B, L, cfg.pos_dim)], -1))
+        temb = sinusoidal(t.reshape(B) * 1000.0, h.shape[-1]).to(h.dtype)
+        h = h + self.time_mlp(temb)[:, None, :]
+        angles = sinusoidal_angles(
+            torch.arange(L, device=x_t.device), cfg.hidden_size // cfg.num_heads
+        )
+        phases = (angles.cos().to(h.dtype), angles.sin().to(h.dtype))
+        for block in self.blocks:
+            h = block(h, None, phases)
+        return self.head(self.ln_out(h).mean(1))
+
+
+def table_fingerprint(table: Tensor) -> str:
+    """A short SHA-256 of a word table's float32 bytes: which latents a classifier reads."""
+    data = table.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def check_table(classifier: LatentClassifier, table: Tensor) -> None:
+    """Refuse a classifier trained on another model's latents."""
+    if classifier.config.table_fingerprint != table_fingerprint(table):
+        raise ValueError(
+            "this classifier was trained on the latents of another model (its word table "
+            "differs); train one for this model with textdiff.infra.classify.train_classifier"
+        )
