@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from textdiff.errors import ResourceError, TextdiffError
 from textdiff.infra import runfolder
@@ -494,9 +493,13 @@ def test_refusals_in_a_fresh_process_have_no_traceback(tmp_path):
 
 
 def test_every_user_error_is_a_textdiff_error():
-    for cls in (RunFolderError, ResourceError, ConfigError, DataError, TemplateError):
-        assert issubclass(cls, TextdiffError)
-    assert torch.tensor(0).item() == 0
+    from textdiff.infra.cli import UsageError
+    from textdiff.infra.evaluation import EvaluationError
+    from textdiff.infra.resources import OutputError
+
+    errors = (RunFolderError, ResourceError, ConfigError, DataError, TemplateError, UsageError)
+    for cls in (*errors, EvaluationError, OutputError, ModelFolderError):
+        assert issubclass(cls, TextdiffError) and issubclass(cls, ValueError)
 
 
 def test_rewinding_metrics_keeps_each_record_once(tmp_path):
