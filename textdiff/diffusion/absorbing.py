@@ -1,4 +1,4 @@
-"""[MASK]-absorbing diffusion on tokens (DESIGN.md §3; D3PM-absorbing, MDLM).
+"""[MASK]-absorbing diffusion on tokens (docs/math.md §3; D3PM-absorbing, MDLM).
 
 Notation: ``w`` the clean ids (B, L); ``z_t`` the partially masked ids; ``α(t)`` the
 keep-probability, ``α(0) = 1``, ``α(1) = 0``. The denoiser sees ``H_t = [E[z_t] ; e]`` (a learned
@@ -51,7 +51,8 @@ class MaskProcess(ForwardProcess):
     def q_sample(
         self, ids: Tensor, t: Tensor | float, *, generator: torch.Generator | None = None
     ) -> Tensor:
-        """``z_t``: each ``w_i`` kept with probability ``α(t)``, else ``[MASK]`` (DESIGN.md §3)."""
+        """``z_t``: each ``w_i`` kept with probability ``α(t)``, else ``[MASK]`` (docs/math.md
+        §3)."""
         keep = self.schedule.alpha(t).float().to(ids.device)
         keep = keep.reshape(keep.shape + (1,) * (ids.dim() - keep.dim()))
         u = torch.rand(ids.shape, generator=generator).to(ids.device)
@@ -83,7 +84,7 @@ class MaskProcess(ForwardProcess):
         t: Tensor | None = None,
         clean: Tensor | None = None,
     ) -> LossTerms:
-        """The continuous-time bound as the loss (DESIGN.md §3), per token:
+        """The continuous-time bound as the loss (docs/math.md §3), per token:
         ``(−α'(t) / (1 − α(t))) Σ_{masked i} −log p_θ(w_i | z_t) / L`` with stratified
         (antithetic) ``t`` over the batch. Positions where ``clean`` (B, L) is True are never
         masked, and ``L`` counts the others only."""
@@ -123,7 +124,7 @@ class MaskProcess(ForwardProcess):
         self, model: Denoiser, ids: Tensor, u: Tensor, *, generator=None, clean=None
     ) -> dict[str, Tensor]:
         """One replicate of ``∫_0^1 (−α'(t)/(1 − α(t))) E_q[Σ_{masked i} −log p_θ(w_i | z_t)] dt``
-        (DESIGN.md §3) at ``t = u``: the weighted masked NLL per sequence; positions where
+        (docs/math.md §3) at ``t = u``: the weighted masked NLL per sequence; positions where
         ``clean`` (B, L) is True are never masked (the bound of the rest given them)."""
         t = u.clamp(min=T_MIN)
         nll, _ = self._masked_nll(model, ids, t, generator, clean)

@@ -1,4 +1,4 @@
-"""The steps of [MASK]-absorbing sampling (DESIGN.md §3).
+"""The steps of [MASK]-absorbing sampling (docs/math.md §3).
 
 Every step goes from ``z_t`` to ``z_s`` given ``p_θ(· | z_t)`` (after temperature and top-p) and
 reveals some masked positions, each with a token drawn from that distribution:
@@ -66,7 +66,7 @@ def _reveal(process, z: Tensor, tokens: Tensor, logp: Tensor, reveal: Tensor, ru
 
 def ancestral_step(process, z: Tensor, probs: Tensor, t, s, run: Run):
     """Reveal each masked position with probability ``(α(s) − α(t)) / (1 − α(t))`` and draw its
-    token from ``probs`` (DESIGN.md §3)."""
+    token from ``probs`` (docs/math.md §3)."""
     a_t, a_s = process.schedule.alpha(t).item(), process.schedule.alpha(s).item()
     reveal_p = 1.0 if s <= 0 else (a_s - a_t) / (1 - a_t)
     u = run.noise.uniform(z.shape, z.device)

@@ -7,7 +7,7 @@ A control scores the continuous latent: ``log p(c | h_s)`` per sentence (B,), di
     ``Σ_c λ_c log p(c | h_s, s)  −  ‖h_s − h̃_s‖² / (2 β̃)``,
 
 where the second term is the fluency term: a Gaussian of the model's own transition variance
-``β̃`` (DESIGN.md §2, "Posterior") around where the model put the latent, which keeps it there
+``β̃`` (docs/math.md §2, "Posterior") around where the model put the latent, which keeps it there
 unless the controls pay for the move. (Centred on the step's output rather than on the
 transition mean ``μ̃``, it keeps the step's noise: the latent stays a draw, not a mean.)
 Each inner step is an Adagrad step of size ``step_size`` (as Diffusion-LM). With every

@@ -1,4 +1,4 @@
-"""Gaussian diffusion on word embeddings (DESIGN.md §2).
+"""Gaussian diffusion on word embeddings (docs/math.md §2).
 
 Notation: ``x0 = E[w]`` the clean embeddings (B, L, d); ``x_t`` the noised word part ``h_t``;
 ``ᾱ_t = ᾱ(t)`` from the schedule; for two times ``s < t``: ``α_{t|s} = ᾱ_t / ᾱ_s``,
@@ -98,7 +98,7 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         *,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Forward closed form ``h_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε`` (DESIGN.md §2, "Forward").
+        """Forward closed form ``h_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε`` (docs/math.md §2, "Forward").
 
         Returns ``(x_t, eps)``, both shaped like ``x0`` (B, L, d); ``t`` is a scalar or (B,).
         """
@@ -110,7 +110,7 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
     def posterior(
         self, x_t: Tensor, x0: Tensor, t: Tensor | float, s: Tensor | float
     ) -> tuple[Tensor, Tensor]:
-        """``q(h_s | h_t, h_0) = N(μ̃, β̃ I)`` for ``s < t`` (DESIGN.md §2, "Posterior"):
+        """``q(h_s | h_t, h_0) = N(μ̃, β̃ I)`` for ``s < t`` (docs/math.md §2, "Posterior"):
 
         ``μ̃ = √ᾱ_s β_{t|s} / (1 − ᾱ_t) · x0 + √α_{t|s} (1 − ᾱ_s) / (1 − ᾱ_t) · x_t``,
         ``β̃ = β_{t|s} (1 − ᾱ_s) / (1 − ᾱ_t)``. Returns ``(mean, variance)``; the variance is
@@ -138,17 +138,17 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         return (per_position if clean is None else per_position * (~clean).double()).sum(1)
 
     def x0_from_eps(self, x_t: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
-        """``x̂_0 = (h_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t`` (DESIGN.md §2, "Parameterizations")."""
+        """``x̂_0 = (h_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t`` (docs/math.md §2, "Parameterizations")."""
         a = _bcast(self.alpha_bar(t), x_t)
         return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
 
     def eps_from_x0(self, x_t: Tensor, x0: Tensor, t: Tensor | float) -> Tensor:
-        """``ε̂ = (h_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t)`` (DESIGN.md §2, "Parameterizations")."""
+        """``ε̂ = (h_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t)`` (docs/math.md §2, "Parameterizations")."""
         a = _bcast(self.alpha_bar(t), x_t)
         return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
 
     def score_from_eps(self, eps: Tensor, t: Tensor | float) -> Tensor:
-        """``ŝ = ∇ log q(h_t) ≈ −ε̂ / √(1 − ᾱ_t)`` (DESIGN.md §2; notes P5)."""
+        """``ŝ = ∇ log q(h_t) ≈ −ε̂ / √(1 − ᾱ_t)`` (docs/math.md §2; notes P5)."""
         return -eps / _bcast(1 - self.alpha_bar(t), eps).sqrt()
 
     def evidence_logits(self, x_t: Tensor, t: Tensor | float, table: Tensor) -> Tensor:
@@ -215,7 +215,7 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
     def vlb_weight(self, t: Tensor | float, s: Tensor | float) -> Tensor:
         """KL of one step ``t → s`` per unit of ``‖x0 − x̂_0‖²``: ``½ (SNR(s) − SNR(t))``.
 
-        Equal to ``‖μ̃(x_t, x0) − μ̃(x_t, x̂_0)‖² / (2 β̃)`` divided by ``‖x0 − x̂_0‖²`` (DESIGN.md
+        Equal to ``‖μ̃(x_t, x0) − μ̃(x_t, x̂_0)‖² / (2 β̃)`` divided by ``‖x0 − x̂_0‖²`` (docs/math.md
         §2, ``L_{t−1}``); times ``1 / SNR(t)`` it is the ε-weight
         ``β² / (2 σ² α (1 − ᾱ_t))`` of notes P2.4.
         """
@@ -232,7 +232,7 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         clean: Tensor | None = None,
     ) -> LossTerms:
         """Diffusion-LM's objective ``E_t ‖x̂_0(H_t, t) − x0‖² + ‖√ᾱ_1 x0‖² − log p_θ(w | h_0)``
-        (DESIGN.md §2, "Training objective"), each term a mean over positions (and dims).
+        (docs/math.md §2, "Training objective"), each term a mean over positions (and dims).
 
         With ``prediction="posterior"`` the cross-entropy of the posterior over words is added
         (``posterior_ce``, the objective of CDCD, Dieleman et al., 2022): it trains the logits
@@ -314,7 +314,7 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
     def bound_terms(
         self, model: Denoiser, ids: Tensor, u: Tensor, *, generator=None, clean=None
     ) -> dict[str, Tensor]:
-        """One replicate of ``Σ_{i=2}^{T} L_{i−1} + L_emb + L_round`` (DESIGN.md §2, notes P2.3).
+        """One replicate of ``Σ_{i=2}^{T} L_{i−1} + L_emb + L_round`` (docs/math.md §2, notes P2.3).
 
         The diffusion sum by one sample of the step ``i`` per sequence (unbiased:
         ``(T − 1) · L_{i−1}`` with ``i`` uniform on ``2..T``, read off the uniforms ``u``), each

@@ -1,4 +1,4 @@
-"""Gaussian sampling (DESIGN.md §2, "Sampling"): the process's sampling primitives
+"""Gaussian sampling (docs/math.md §2, "Sampling"): the process's sampling primitives
 (:class:`GaussianSampling`) and its steps.
 
 Each step goes from time ``t`` to ``s < t`` given the latent ``x_t`` and the network's ``x̂_0``
@@ -41,7 +41,7 @@ class GaussianSampling:
 
     def impose(self, run: Run, x: Tensor, t) -> Tensor:
         """Known tokens ``w``: the latent there becomes a fresh draw of ``q(h_t | E[w])``
-        (DESIGN.md §2, "Forward"), or ``E[w]`` itself where ``known.clean``."""
+        (docs/math.md §2, "Forward"), or ``E[w]`` itself where ``known.clean``."""
         if run.known is None:
             return x
         x0_known, device = run.memory["x0_known"], x.device
@@ -78,7 +78,7 @@ class GaussianSampling:
 
 
 def ddpm_step(process, x_t: Tensor, x0_hat: Tensor, t, s, run: Run) -> tuple[Tensor, Tensor]:
-    """Ancestral step ``h_s = μ̃(h_t, x̂_0) + √β̃ z`` (DESIGN.md §2, "Posterior")."""
+    """Ancestral step ``h_s = μ̃(h_t, x̂_0) + √β̃ z`` (docs/math.md §2, "Posterior")."""
     mean, var = process.posterior(x_t, x0_hat, t, s)
     return mean + var.sqrt() * run.noise.normal(x_t), x0_hat
 

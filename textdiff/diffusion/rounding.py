@@ -1,4 +1,4 @@
-"""Rounding embedding-space vectors to tokens by nearest-neighbour search (DESIGN.md §1–2).
+"""Rounding embedding-space vectors to tokens by nearest-neighbour search (docs/math.md §1–2).
 
 :class:`Rounder` indexes the rows of the word table ``E`` (V, d) with FAISS — exact
 ``IndexFlatL2`` by default, HNSW as an approximate option for large vocabularies — and answers

@@ -1,4 +1,4 @@
-"""Noise schedules as functions of continuous time ``t ∈ [0, 1]`` (DESIGN.md §2–3).
+"""Noise schedules as functions of continuous time ``t ∈ [0, 1]`` (docs/math.md §2–3).
 
 A schedule is ``ᾱ(t)`` for the Gaussian process (the share of signal kept at time ``t``) or the
 keep-probability ``α(t)`` for the absorbing process. It knows nothing of a step count: a sampler or
@@ -134,7 +134,7 @@ class KeepSchedule(ABC):
         """``α'(t)``, float64."""
 
     def weight(self, t: torch.Tensor | float) -> torch.Tensor:
-        """The bound's weight ``−α'(t) / (1 − α(t))`` (DESIGN.md §3), float64."""
+        """The bound's weight ``−α'(t) / (1 − α(t))`` (docs/math.md §3), float64."""
         return -self.dalpha(t) / (1.0 - self.alpha(t))
 
     def __repr__(self) -> str:

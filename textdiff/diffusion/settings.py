@@ -17,7 +17,7 @@ from ..schema import ConfigError, check_positive
 
 @dataclass
 class ProcessConfig:
-    """The forward process (DESIGN.md §2–3)."""
+    """The forward process (docs/math.md §2–3)."""
 
     ALIASES: ClassVar[dict[str, str]] = {"num_steps": "chain_length"}  # textdiff ≤ 0.1 names
 

@@ -5,7 +5,7 @@
 :class:`Request` it returns gives, per batch, the :class:`textdiff.diffusion.base.Known` tokens
 for the sampler, the (possibly guided) denoiser, and finally the texts of the generated part.
 
-Layout of a row (DESIGN.md §1 with partial noising, as DiffuSeq): positions ``[0, C)`` hold the
+Layout of a row (docs/math.md §1 with partial noising, as DiffuSeq): positions ``[0, C)`` hold the
 condition (``C = process.condition_len``; the MR, ``[EOS]``, ``[PAD]``), clean; positions
 ``[C, L)`` the sentence, ``[EOS]``, ``[PAD]``, generated — where a template's known tokens are
 held fixed and only its spans are free.

@@ -1,4 +1,4 @@
-"""The denoiser network's own settings (DESIGN.md §1): the ``model:`` section of an experiment
+"""The denoiser network's own settings (docs/math.md §1): the ``model:`` section of an experiment
 and the network fields of a model's ``config.json``. The network is given this and nothing else.
 """
 
@@ -12,7 +12,7 @@ from ..schema import ConfigError, check_positive
 
 @dataclass
 class ModelConfig:
-    """The denoiser network (DESIGN.md §1)."""
+    """The denoiser network (docs/math.md §1)."""
 
     vocab_size: int = 0  # set from the tokenizer when 0
     seq_len: int = 64  # n: every sentence is padded / truncated to this many tokens

@@ -1,4 +1,4 @@
-"""The denoiser network (DESIGN.md §1) as a ``transformers`` model.
+"""The denoiser network (docs/math.md §1) as a ``transformers`` model.
 
 ``(x_t, t) → prediction``: the word part ``x_t`` (B, L, d) is concatenated on the feature axis with
 fixed sinusoidal positions ``e`` (L, d_p) — ``H_t = [h_t ; e]`` — projected to the width ``D``,
