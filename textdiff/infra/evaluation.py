@@ -5,7 +5,8 @@ Perplexity is ``exp(Σ NLL bound / Σ tokens)`` where tokens are the real tokens
 padding is modelled (it encodes the length) but not counted (docs/math.md §2), so the figure
 compares with the autoregressive baseline's perplexity on the same tokens. Sentences longer than
 the model (with their ``[EOS]``) do not fit and are left out, and counted as
-``left_out_too_long``. The reference model that scores samples must be an autoregressive one (an exact likelihood).
+``left_out_too_long``. The reference model that scores samples must be an autoregressive one
+(an exact likelihood).
 
 For a data-to-text model (``process.condition_len > 0``) the bound is the conditional one,
 ``−log p(sentence | MR)``, over the sentence's tokens; accuracy is over the sentence part; samples
