@@ -352,9 +352,10 @@ def test_requests_larger_than_the_machine_are_refused_up_front(tmp_path, capsys,
     with pytest.raises(TemplateError, match="a span of 1000000000 tokens"):
         pipe.generate(1, template=["The", 10**9])
     assert time.monotonic() - t0 < 5
+    from textdiff import memory
     from textdiff.infra import resources
 
-    monkeypatch.setattr(resources, "machine_memory", lambda: 2**20)
+    monkeypatch.setattr(memory, "machine_memory", lambda: 2**20)
     with pytest.raises(ResourceError, match="this machine has 0.0 GiB; lower"):
         resources.check_training_memory(load_config(TINY))
 

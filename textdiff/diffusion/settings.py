@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from ..schema import ConfigError, check_positive
+from ..schema import ConfigError
 
 
 @dataclass
@@ -54,6 +54,9 @@ class ProcessConfig:
         get_process_spec(self.noise).check_process(self)
 
 
+MAX_STEPS = 1_000_000  # sampling steps: a grid of this many times is built
+
+
 @dataclass
 class SampleConfig:
     """Generation defaults, saved with the model; ``generate`` arguments override them."""
@@ -71,13 +74,18 @@ class SampleConfig:
     # the sampler's own options, e.g. {threshold: 0.8, length_first: true} (README: samplers)
     options: dict[str, bool | int | float | str] = field(default_factory=dict)
 
-    def check(self) -> None:
-        check_positive(self, "steps", "temperature", "top_p")
-        for name in ("temperature", "top_p"):
-            if not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"sample.{name} must be finite, got {getattr(self, name)}")
+    def check(self, where: str = "sample.") -> None:
+        """Ranges; ``where`` prefixes the names (``""`` for the arguments of ``generate``)."""
+        for name in ("steps", "temperature", "top_p"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"{where}{name} must be positive, got {value}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}{name} must be finite, got {value}")
         if self.top_p > 1:
-            raise ConfigError(f"sample.top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"{where}top_p must be in (0, 1], got {self.top_p}")
+        if self.steps > MAX_STEPS:
+            raise ConfigError(f"{where}steps must be at most {MAX_STEPS:,}, got {self.steps}")
 
 
 def saved_sample_settings(saved: dict[str, Any] | None) -> dict[str, Any]:

@@ -100,8 +100,7 @@ def _template(text: str | None) -> list | None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..models.pipeline import TextDiffusionPipeline
-    from .resources import check_generation_memory
+    from ..models.pipeline import TextDiffusionPipeline, check_generation_memory
 
     out = OutputFile(args.out, args.overwrite) if args.out else None
     pipe = TextDiffusionPipeline.from_pretrained(args.model_dir, precision=args.precision)

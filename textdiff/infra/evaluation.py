@@ -266,7 +266,7 @@ def evaluate_model(
 def _open(model_dir: Path, reference, num_samples: int, bleu: bool | None):
     """The model's pipeline and whether to score BLEU, once the request is known to fit: the
     reference model gives an exact likelihood, the samples fit in memory, BLEU has MRs."""
-    from .resources import check_generation_memory
+    from ..models.pipeline import check_generation_memory
 
     pipe = TextDiffusionPipeline.from_pretrained(model_dir)
     if reference is not None:

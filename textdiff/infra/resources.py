@@ -1,10 +1,10 @@
 """What a request needs of the machine, checked before the work starts: memory, and a place to
 write its output.
 
-:func:`machine_memory` reads the memory this process can have (``/proc/meminfo`` or
-``os.sysconf``, and a lower cgroup limit); :func:`check_training_memory` and
-:func:`check_generation_memory` refuse a training run or a generation request whose memory
-estimate (a lower bound) exceeds it, with the number and the setting or flag that shrinks it.
+:func:`check_training_memory` refuses a training run whose memory estimate (a lower bound)
+exceeds what the machine has (:mod:`textdiff.memory`), with the number and the setting that
+shrinks it; generation requests are checked by the pipeline
+(:func:`textdiff.models.pipeline.check_generation_memory`).
 :class:`OutputFile` checks an output file before the work and writes it aside, then renames it.
 """
 
@@ -14,44 +14,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import ResourceError, TextdiffError
+from .. import memory
+from ..errors import TextdiffError
 from .config import ExperimentConfig
-
-
-def machine_memory() -> int | None:
-    """Bytes of memory this process can have: the physical memory (``/proc/meminfo``, else
-    ``os.sysconf``), or a lower cgroup limit; ``None`` when unknown."""
-    total = None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            total = next(int(x.split()[1]) * 1024 for x in f if x.startswith("MemTotal:"))
-    except (OSError, ValueError, IndexError, StopIteration):
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (AttributeError, ValueError, OSError):
-            return None
-    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit).read_text(encoding="ascii").strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            total = min(total, int(text))
-    return total
-
-
-def check_memory(parts: dict[str, float], what: str, knobs: dict[str, str]) -> None:
-    """Refuse ``what`` if the bytes it needs (``parts``) exceed the machine's memory, naming the
-    largest part and ``knobs[part]``, the settings that shrink it."""
-    have, need = machine_memory(), sum(parts.values())
-    if have is None or need <= have:
-        return
-    part = max(parts, key=parts.__getitem__)
-    raise ResourceError(
-        f"{what} needs at least {need / 2**30:,.1f} GiB of memory ({part} alone "
-        f"{parts[part] / 2**30:,.1f} GiB) but this machine has {have / 2**30:,.1f} GiB; "
-        f"lower {knobs[part]}"
-    )
 
 
 def check_training_memory(cfg: ExperimentConfig) -> None:
@@ -75,23 +40,7 @@ def check_training_memory(cfg: ExperimentConfig) -> None:
         "activations": "train.batch_size or model.seq_len",
         "the logits": "train.batch_size or the vocabulary (data.bpe_vocab_size)",
     }
-    check_memory(parts, f"training (model.seq_len {L}, train.batch_size {B})", knobs)
-
-
-def check_generation_memory(pipe, n: int, batch_size: int, flag: str) -> None:
-    """Refuse generating ``n`` sentences with ``pipe`` whose memory (ids, x̂_0 and text of
-    every sentence; one batch's attention and logits) exceeds the machine's; ``flag`` names the
-    number of sentences in the message."""
-    cfg, L = pipe.model.config, pipe.seq_len
-    heads = getattr(cfg, "num_heads", None) or cfg.num_attention_heads
-    per_sentence = L * (8 + 4 * getattr(cfg, "embed_dim", 0) + 64)
-    B = min(n, batch_size)
-    parts = {
-        "the sentences": float(n * per_sentence),
-        "one batch": 4.0 * B * L * (3 * heads * L + 16 * cfg.hidden_size + 2 * cfg.vocab_size),
-    }
-    knobs = {"the sentences": f"{flag} (generate in several runs)", "one batch": "--batch-size"}
-    check_memory(parts, f"generating {n:,} sentences of {L} tokens", knobs)
+    memory.check_memory(parts, f"training (model.seq_len {L}, train.batch_size {B})", knobs)
 
 
 class OutputError(TextdiffError, ValueError):

@@ -104,7 +104,7 @@ def prepare_request(
     C = process.condition_len
     if not get_process_spec(process.noise).conditional and (template or condition):
         raise ValueError(
-            f"templates and conditions need a diffusion model, not a {process.noise} model"
+            f"templates and conditions need a diffusion model; this one is {process.noise}"
         )
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
         raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}")

@@ -58,3 +58,17 @@ class ModelConfig:
             )
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """What the positivity checks let through but no network can be built or trained with."""
+        if self.seq_len < 2:
+            raise ConfigError(f"model.seq_len must be ≥ 2 (a word and [EOS]), got {self.seq_len}")
+        if int(self.mlp_ratio * self.hidden_size) < 1:
+            raise ConfigError(
+                f"model.mlp_ratio {self.mlp_ratio} × model.hidden_size {self.hidden_size} gives a "
+                f"feed-forward layer of 0 units; raise model.mlp_ratio to at least "
+                f"{1 / self.hidden_size:.3g}"
+            )
+        if not self.readout_scale > 0:
+            raise ConfigError(f"model.readout_scale must be positive, got {self.readout_scale}")

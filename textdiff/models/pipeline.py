@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .. import memory
 from ..diffusion.loop import sample as sample_loop
 from ..diffusion.noise import Noise, RowNoise
 from ..diffusion.registry import get_process_spec
@@ -184,6 +185,8 @@ class TextDiffusionPipeline:
         docstring. Returns the texts, or a :class:`GenerationOutput` when ``return_ids`` or
         ``return_trajectory`` is set."""
         guidance = _guidance(control)
+        if seed is not None and not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {seed}")
         overrides = dict(sampler=sampler, steps=num_steps, clamp=clamp)
         overrides.update(temperature=temperature, top_p=top_p, options=sampler_options)
         settings = self._sample_settings(overrides)
@@ -215,7 +218,7 @@ class TextDiffusionPipeline:
         settings = dataclasses.replace(defaults, **given)
         if "steps" in given and not (isinstance(settings.steps, int) and settings.steps >= 1):
             raise ValueError(f"num_steps must be at least 1, got {settings.steps}")
-        settings.check()
+        settings.check(where="")
         self.spec.check_sample(self.settings, settings, where="")
         return settings
 
@@ -229,6 +232,7 @@ class TextDiffusionPipeline:
             raise ValueError(f"seq_len must be in 1..{self.seq_len}, got {length}")
         if self.condition_len and length != self.seq_len:
             raise ValueError("a data-to-text model generates its full length; leave seq_len unset")
+        check_generation_memory(self, num_samples, batch_size, "num_samples")
         return length
 
     def _sample_batch(
@@ -305,3 +309,19 @@ class _Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def check_generation_memory(pipe, n: int, batch_size: int, flag: str) -> None:
+    """Refuse generating ``n`` sentences with ``pipe`` whose memory (ids, x̂_0 and text of
+    every sentence; one batch's attention and logits) exceeds the machine's; ``flag`` names the
+    number of sentences in the message."""
+    cfg, L = pipe.model.config, pipe.seq_len
+    heads = getattr(cfg, "num_heads", None) or cfg.num_attention_heads
+    per_sentence = L * (8 + 4 * getattr(cfg, "embed_dim", 0) + 64)
+    B = min(n, batch_size)
+    parts = {
+        "the sentences": float(n * per_sentence),
+        "one batch": 4.0 * B * L * (3 * heads * L + 16 * cfg.hidden_size + 2 * cfg.vocab_size),
+    }
+    knobs = {"the sentences": f"{flag} (generate in several runs)", "one batch": "--batch-size"}
+    memory.check_memory(parts, f"generating {n:,} sentences of {L} tokens", knobs)
