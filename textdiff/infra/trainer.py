@@ -8,6 +8,8 @@ of x̂_0 at several noise levels, a few samples), logs to ``metrics.jsonl`` and 
 
 Output folder::
 
+    textdiff-run.json    every file textdiff wrote here (``--overwrite`` deletes only these)
+    .textdiff-run.lock   held while a trainer runs (infra/runfolder.py)
     experiment.yaml      the resolved config (a resumed run must match it)
     tokenizer/           saved before the first step, so a resumed run reads the same one
     metrics.jsonl        one JSON object per log / evaluation
