@@ -28,7 +28,7 @@ from textdiff.infra.e2e import (
 from textdiff.models.modeling import TextDiffusionConfig, TextDiffusionModel
 from textdiff.models.pipeline import TextDiffusionPipeline
 from textdiff.models.template import TemplateError, parse_template
-from textdiff.models.tokenization import train_tokenizer
+from textdiff.models.tokenization import encode, train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = [
@@ -443,3 +443,37 @@ def test_read_references_groups_by_mr_in_order(tmp_path, e2e_dir):
         if not source or source[-1] != mr:
             source.append(mr)
     assert [to_source_mr(mr) for mr, _ in real] == source  # the model reads src1-format MRs
+
+
+def test_autoregressive_data2text_reads_its_condition_and_scores_only_the_sentence(tok):
+    """The AR baseline with a condition part: the loss ignores the MR positions, generation
+    feeds the MR first and writes only the sentence, and the sentence depends on the MR."""
+    from test_samplers import random_pipe as any_pipe
+
+    from textdiff.diffusion.autoregressive import AutoregressiveObjective
+
+    p = AutoregressiveObjective(eos_id=1, pad_id=0)
+    pipe = any_pipe("autoregressive", condition_len=16, tok=tok, sampler="greedy")
+    ids = torch.randint(2, 12, (3, 26))
+    clean = condition_positions(3, 26, 16)
+    full, part = p.loss(pipe.model, ids).loss, p.loss(pipe.model, ids, clean=clean).loss
+    assert not torch.isclose(full, part)  # the condition is not scored ...
+    bound = p.nll_bound(pipe.model, ids, clean=clean).total
+    assert bound.shape == (3,) and (bound > 0).all()  # ... and the bound is over the rest only
+    fed = []
+    forward = pipe.model.forward
+
+    def record(*args, **kwargs):
+        fed.append(kwargs["input_ids"].clone())
+        return forward(*args, **kwargs)
+
+    pipe.model.forward = record
+    out = pipe.generate(4, condition=MR_A, return_ids=True, seed=0)
+    condition, _ = encode(tok, [MR_A], 16)
+    assert torch.equal(fed[0][0], torch.cat([torch.tensor([1]), condition[0]]))  # [EOS] + MR
+    assert all(x.shape == (4, 1) for x in fed[1:])  # then one token a call, from the cache
+    assert out.ids.shape == (4, 10) and out.nfe == len(fed) <= 10
+    with pytest.raises(ValueError, match="templates need a diffusion model"):
+        pipe.generate(1, condition=MR_A, template=["the", 1])
+    with pytest.raises(ValueError, match="guidance needs a denoiser"):
+        pipe.generate(1, condition=MR_A, guidance_scale=2.0)

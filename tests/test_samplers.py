@@ -224,18 +224,19 @@ def test_half_log_snr_grid_is_uniform_in_lambda_and_spans_the_chain():
 # ------------------------------------------------------------------------ per-sample seeding
 
 
-def random_pipe(noise, **sample):
-    tok = train_tokenizer(
-        ["the eagle is a pub near the river .", "a cheap coffee shop ."], min_frequency=1
-    )
+def random_pipe(noise, condition_len=0, tok=None, **sample):
+    """A randomly initialised tiny model of ``noise`` (10 positions, or ``condition_len`` more)."""
+    texts = ["the eagle is a pub near the river .", "a cheap coffee shop ."]
+    tok = tok or train_tokenizer(texts, min_frequency=1)
     torch.manual_seed(0)
+    schedule = "sqrt" if noise == "gaussian" else "linear"
     process = ProcessConfig(
-        noise=noise, schedule="sqrt" if noise == "gaussian" else "linear", chain_length=100
+        noise=noise, schedule=schedule, chain_length=100, condition_len=condition_len
     )
     spec = get_process_spec(noise)
     net = ModelConfig(
         vocab_size=len(tok),
-        seq_len=10,
+        seq_len=10 + condition_len,
         embed_dim=8,
         pos_dim=8,
         hidden_size=32,

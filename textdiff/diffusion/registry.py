@@ -35,7 +35,8 @@ class ProcessSpec:
         network: the network family: ``"denoiser"`` (textdiff's Transformer, ``(x_t, t)`` in) or
             ``"causal-lm"`` (a GPT-2-architecture language model).
         output: ``settings -> "embedding" | "logits"``, what the denoiser's head must give.
-        conditional: whether partial noising (``condition_len``) and templates apply.
+        conditional: whether a condition part (``condition_len``: data-to-text) applies.
+        templates: whether infilling templates apply.
         fixed_steps: the number of network calls is set by the length, not by ``steps``.
         check: further rules on ``(process, sample, where)`` settings (``where`` as in
             :meth:`check_sample`); raises :class:`ConfigError`.
@@ -48,6 +49,7 @@ class ProcessSpec:
     network: str = "denoiser"
     output: Callable[[ProcessConfig], str] = lambda settings: "logits"
     conditional: bool = True
+    templates: bool = True
     fixed_steps: bool = False
     check: Callable[[ProcessConfig, SampleConfig, str], None] | None = None
 
@@ -175,7 +177,7 @@ register_process(
         AutoregressiveObjective,
         lambda p, ids: AutoregressiveObjective(eos_id=ids["eos"], pad_id=ids["pad"]),
         network="causal-lm",
-        conditional=False,
+        templates=False,
         fixed_steps=True,
     )
 )

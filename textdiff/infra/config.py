@@ -87,6 +87,9 @@ class TrainConfig:
     clip_grad: float = 1.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 only where the CPU/GPU has it
     ema_decay: float = 0.999  # 0 disables EMA weights
+    # torch.compile the network for training (static shapes: one compilation for the batch, one
+    # for self-conditioning's half batch; worth it for runs of more than a few minutes)
+    compile: bool = False
     log_every: int = 50
     eval_every: int = 500
     eval_batches: int = 8

@@ -43,8 +43,6 @@ from ..diffusion.guidance import condition_positions, drop_conditions
 from ..diffusion.registry import build_process
 from ..models.modeling import make_config, model_class, process_settings, token_ids
 from ..models.pipeline import TextDiffusionPipeline
-from ..models.tokenization import load_tokenizer
-from .batching import tokenize_split
 from .checkpoint import (
     CheckpointManager,
     StopSignals,
@@ -57,9 +55,10 @@ from .checkpoint import (
     write_folder,
 )
 from .config import ExperimentConfig
-from .data import DataError, build_tokenizer, iter_texts, load_text_splits
+from .data import DataError, load_text_splits
 from .evaluation import validation_terms
-from .optimization import Denoiser, lr_lambda, make_accelerator, param_groups
+from .optimization import Denoiser, lr_lambda, make_accelerator, make_optimizer
+from .prepare import prepare_data
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +126,8 @@ class Trainer:
         from accelerate.utils import set_seed
 
         set_seed(self.tc.seed + self.accelerator.process_index)
-        self.tokenizer = self._tokenizer(splits["train"])
-        self._tokenize(splits)
+        data = prepare_data(cfg, splits, self.out, resume=resume, accelerator=self.accelerator)
+        self.tokenizer, self.train_split, self.val_split = data
         self._build_model()
         self._restore()
         self.metrics_path = self.out / "metrics.jsonl"
@@ -151,31 +150,6 @@ class Trainer:
         return {k: v for k, v in last.items() if k not in ("step", "split")}
 
     # ------------------------------------------------------------------ building
-    def _tokenizer(self, train_split):
-        """The run's tokenizer: the saved one on resume, else loaded or trained and saved."""
-        tok_dir = self.out / "tokenizer"
-        if self.resume and (tok_dir / "tokenizer.json").is_file():
-            return load_tokenizer(str(tok_dir))
-        columns = ("condition", "text") if self.cfg.process.condition_len else ("text",)
-        limit = 1_000_000 if self.cfg.data.streaming else None
-        tokenizer = build_tokenizer(self.cfg.data, iter_texts(train_split, limit, columns))
-        if self.main:
-            write_folder(tok_dir, tokenizer.save_pretrained)
-        self.accelerator.wait_for_everyone()
-        return tokenizer
-
-    def _tokenize(self, splits) -> None:
-        """The training split and the first validation-like split, as id rows."""
-        cfg, tok = self.cfg, self.tokenizer
-        kwargs = dict(packing=cfg.data.packing, condition_len=cfg.process.condition_len)
-        self.train_split = tokenize_split(
-            splits["train"], tok, cfg.model.seq_len, name="train", **kwargs
-        )
-        val = next((s for s in ("validation", "valid", "test") if s in splits), None)
-        self.val_split = (
-            tokenize_split(splits[val], tok, cfg.model.seq_len, name=val, **kwargs) if val else None
-        )
-
     def _build_model(self) -> None:
         """Model, EMA copy, process, AdamW and schedule, prepared by accelerate."""
         cfg, tc, tok = self.cfg, self.tc, self.tokenizer
@@ -196,8 +170,10 @@ class Trainer:
             self.ema = cls(hf_cfg).eval()
             self.ema.load_state_dict(model.state_dict())
             self.ema.requires_grad_(False)
-        opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.98))
+        opt = make_optimizer(model, tc)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
+        if tc.compile:
+            model.compile(dynamic=False)
         self.prepared, self.opt, self.sched = self.accelerator.prepare(model, opt, sched)
         self.module = self.accelerator.unwrap_model(self.prepared)
         if self.ema is not None:

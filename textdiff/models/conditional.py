@@ -101,15 +101,15 @@ def prepare_request(
             a guidance scale without a condition or not a finite number ≥ 0, conditioning or a
             template for the autoregressive baseline.
     """
-    C = process.condition_len
-    if not get_process_spec(process.noise).conditional and (template or condition):
-        raise ValueError(
-            f"templates and conditions need a diffusion model; this one is {process.noise}"
-        )
+    C, spec = process.condition_len, get_process_spec(process.noise)
+    if template is not None and not spec.templates:
+        raise ValueError(f"templates need a diffusion model; this one is {process.noise}")
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
         raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}")
     if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
         raise ValueError(f"guidance_scale must be a finite number ≥ 0, got {guidance_scale}")
+    if guidance_scale != 1.0 and spec.network != "denoiser":
+        raise ValueError(f"classifier-free guidance needs a denoiser; this one is {process.noise}")
     if C == 0 and (condition is not None or guidance_scale != 1.0):
         raise ValueError(
             "this model was trained without conditions (process.condition_len = 0): "
