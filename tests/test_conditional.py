@@ -477,3 +477,29 @@ def test_autoregressive_data2text_reads_its_condition_and_scores_only_the_senten
         pipe.generate(1, condition=MR_A, template=["the", 1])
     with pytest.raises(ValueError, match="guidance needs a denoiser"):
         pipe.generate(1, condition=MR_A, guidance_scale=2.0)
+
+
+def test_every_slot_value_copied_verbatim_counts_as_realised(e2e_dir):
+    """A sentence that copies each slot value of an E2E test MR (in the training files' word
+    split, as the model writes them) misses no slot."""
+    from textdiff.infra.e2e import read_references
+
+    pairs = read_references(Path(e2e_dir) / "e2e-dataset-v1.0.0.zip")
+    assert len(pairs) == 630
+    for mr, _ in pairs:
+        words = " ".join(value for _, value in parse_mr(to_source_mr(mr)))
+        sentence = f"{words} family ."  # familyFriendly is realised by its family words
+        assert slot_errors(mr, sentence) == [], mr
+
+
+def test_mbr_with_one_candidate_is_plain_decoding_and_picks_a_consensus(data2text, e2e_dir):
+    from textdiff.infra.e2e import decode_mrs
+    from textdiff.infra.metrics import mbr_pick
+
+    pipe = TextDiffusionPipeline.from_pretrained(data2text.model_dir)
+    mrs = ["name[The Eagle], eatType[pub]", "name[Zizzi], food[Indian]"]
+    plain = pipe.generate(2, condition=[to_source_mr(m) for m in mrs], num_steps=3, seed=4)
+    assert decode_mrs(pipe, mrs, 1, num_steps=3, seed=4) == plain
+    assert len(decode_mrs(pipe, mrs, 3, "slots", num_steps=3, seed=4)) == 2
+    assert mbr_pick(["a b c d", "x y z w", "a b c e", "a b c d"]) in (0, 3)  # the consensus
+    assert mbr_pick(["only"]) == 0

@@ -212,12 +212,15 @@ def evaluate_data2text(
     limit: int | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    mbr: int = 1,
+    mbr_utility: str = "bleu",
     **generation,
 ) -> dict:
     """Generate one sentence for each E2E test MR (the first ``limit`` of them) with the
     data-to-text pipeline ``pipe`` and score them: BLEU, SER, TGen's BLEU beside (module
     docstring). ``generation``: further arguments of ``generate`` (``num_steps``, ``sampler``,
-    ``sampler_options``, ``seed``, ``guidance_scale``, ...)."""
+    ``sampler_options``, ``seed``, ``guidance_scale``, ...). With ``mbr`` = k > 1, k
+    candidates are generated per MR and one is kept (:func:`decode_mrs`)."""
     if pipe.condition_len == 0:
         raise ValueError(
             "E2E BLEU needs a data-to-text model (process.condition_len > 0); this one is "
@@ -226,12 +229,8 @@ def evaluate_data2text(
     pairs = read_references(references)[:limit]
     mrs = [mr for mr, _ in pairs]
     t0 = time.perf_counter()
-    texts = pipe.generate(
-        len(mrs),
-        condition=[to_source_mr(mr) for mr in mrs],
-        batch_size=batch_size,
-        progress=progress,
-        **generation,
+    texts = decode_mrs(
+        pipe, mrs, mbr, mbr_utility, batch_size=batch_size, progress=progress, **generation
     )
     seconds = time.perf_counter() - t0
     hypotheses = [detokenize(t) for t in texts]
@@ -247,6 +246,8 @@ def evaluate_data2text(
         "steps": generation.get("num_steps") or pipe.sample_defaults.steps,
         "sampler": generation.get("sampler") or pipe.sample_defaults.sampler,
         "guidance_scale": generation.get("guidance_scale", 1.0),
+        "mbr": mbr,
+        "mbr_utility": mbr_utility if mbr > 1 else None,
         "seconds": seconds,
         "examples": [
             {"mr": mr, "output": h, "missing": slot_errors(mr, t)}
@@ -261,3 +262,29 @@ def evaluate_data2text(
         len(mrs),
     )
     return report
+
+
+MBR_UTILITIES = ("bleu", "slots")
+
+
+def decode_mrs(pipe, mrs: list[str], k: int = 1, utility: str = "bleu", **generation) -> list:
+    """One sentence per MR. With ``k`` > 1, minimum-Bayes-risk selection among ``k``
+    candidates per MR (DiffuSeq): ``utility="bleu"`` keeps the candidate with the highest BLEU
+    against the other candidates (:func:`textdiff.infra.metrics.mbr_pick`); ``"slots"`` the one
+    that misses the fewest of the MR's slots, ties broken by that BLEU. The candidates of copy
+    ``c`` are samples ``c·N .. c·N + N − 1``, so with per-sample seeding candidate 0 of each MR
+    is exactly what plain decoding gives (``k = 1``)."""
+    from .metrics import mbr_pick
+
+    if k < 1 or utility not in MBR_UTILITIES:
+        raise ValueError(f"mbr needs k ≥ 1 and a utility in {MBR_UTILITIES}; got {k}, {utility!r}")
+    conditions = [to_source_mr(mr) for mr in mrs] * k
+    texts = pipe.generate(len(conditions), condition=conditions, **generation)
+    chosen = []
+    for i, mr in enumerate(mrs):
+        candidates = texts[i :: len(mrs)]
+        if utility == "slots":
+            fewest = min(len(slot_errors(mr, c)) for c in candidates)
+            candidates = [c for c in candidates if len(slot_errors(mr, c)) == fewest]
+        chosen.append(candidates[mbr_pick(candidates)])
+    return chosen

@@ -33,9 +33,25 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 
 def self_bleu(texts: Sequence[str], max_n: int = 4, epsilon: float = 0.1) -> float:
     """Mean sentence BLEU-``max_n`` of each text against all the other texts."""
-    tokenized = [t.split() for t in texts]
-    if len(tokenized) < 2:
+    if len(texts) < 2:
         raise ValueError("self-BLEU needs at least two texts")
+    scores = bleu_against_others(texts, max_n, epsilon)
+    return sum(scores) / len(scores)
+
+
+def mbr_pick(candidates: Sequence[str], max_n: int = 4) -> int:
+    """Minimum-Bayes-risk choice with BLEU as the utility (DiffuSeq's MBR): the index of the
+    candidate whose sentence BLEU against all the others is highest (the first on ties; 0 for
+    a single candidate)."""
+    if len(candidates) < 2:
+        return 0
+    scores = bleu_against_others(candidates, max_n)
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
+def bleu_against_others(texts: Sequence[str], max_n: int = 4, epsilon: float = 0.1) -> list:
+    """Sentence BLEU-``max_n`` of each text with all the other texts as its references."""
+    tokenized = [t.split() for t in texts]
     counts = [[ngrams(w, n) for n in range(1, max_n + 1)] for w in tokenized]
     # per n-gram: the largest count in the corpus, how many texts have it, and the runner-up;
     # the reference count "excluding self" is the runner-up only when self alone holds the max
@@ -69,7 +85,7 @@ def self_bleu(texts: Sequence[str], max_n: int = 4, epsilon: float = 0.1) -> flo
         ref_len = _closest_other_length(lengths, len(words))
         bp = 1.0 if len(words) > ref_len else math.exp(1 - ref_len / len(words))
         scores.append(bp * math.exp(log_p))
-    return sum(scores) / len(scores)
+    return scores
 
 
 def _closest_other_length(lengths: Counter, length: int) -> int:
