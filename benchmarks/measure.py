@@ -1,5 +1,6 @@
 """Measuring helpers for ``benchmarks/run.py``: child processes, matmul peak, model FLOPs per
-token, steady-state training throughput from ``metrics.jsonl``, machine information.
+token, steady-state training throughput from ``metrics.jsonl``, two implementations timed in
+alternating turns, machine information.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -138,15 +140,19 @@ def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...], seconds: float = 1.0
     }
 
 
-def flops_per_token(config) -> tuple[float, str]:
-    """Training FLOPs per token position (forward + backward = 3 × forward) of a saved model
-    config, and how they were counted.
+def flops_per_token(config, batch_size: int) -> tuple[float, str]:
+    """Training FLOPs per token position (forward + backward = 3 × forward, plus a
+    self-conditioned model's extra forward) of a saved model config, and how they were counted.
 
     The textdiff denoiser counts itself (``TextDiffusionModel.num_flops_per_token``: every
-    matmul plus attention scores and values, ``4 L D`` a layer). The GPT-2 baseline is counted
-    the same way: ``6 N + 12 n_layer L D`` with ``N`` the matmul weights (``4 D² + 2 D D_ff`` a
-    layer, plus the ``D × V`` output head; the input and position tables are lookups, not
-    matmuls) and ``L`` the full sequence length (attention runs over all positions).
+    matmul plus attention scores and values, ``4 L D`` a layer). A self-conditioned Gaussian
+    model also runs a no-gradient forward for its own ``x̂_0`` on the even rows of each batch
+    (``GaussianProcess._train_forward``), which ``num_flops_per_token`` leaves out; it is added
+    here as ``⌈B / 2⌉ / B`` (0.5 for an even batch ``B``) forward passes a token. The GPT-2
+    baseline is counted the same way: ``6 N + 12 n_layer L D`` with ``N`` the matmul weights
+    (``4 D² + 2 D D_ff`` a layer, plus the ``D × V`` output head; the input and position tables
+    are lookups, not matmuls) and ``L`` the full sequence length (attention runs over all
+    positions).
     """
     if config.model_type == "gpt2":
         D, L, layers = config.n_embd, config.n_positions, config.n_layer
@@ -154,11 +160,44 @@ def flops_per_token(config) -> tuple[float, str]:
         matmul_params = layers * (4 * D * D + 2 * D * ff) + D * config.vocab_size
         how = "6·N + 12·n_layer·L·D, N = matmul weights incl. the output head"
         return float(6 * matmul_params + 12 * layers * L * D), how
-    from textdiff.models.modeling import TextDiffusionModel
+    from textdiff.models.modeling import TextDiffusionModel, process_settings
 
     with torch.device("meta"):
         model = TextDiffusionModel(config)
-    return float(model.num_flops_per_token(training=True)), "TextDiffusionModel.num_flops_per_token"
+    flops = float(model.num_flops_per_token(training=True))
+    how = "TextDiffusionModel.num_flops_per_token"
+    if model.self_conditioning and process_settings(config).noise == "gaussian":
+        share = -(-batch_size // 2) / batch_size  # the even rows' no-gradient forward
+        flops += share * model.num_flops_per_token(training=False)
+        how += f" + {share:g} × forward (self-conditioning's no-gradient x̂_0 on the even rows)"
+    return flops, how
+
+
+def alternate(
+    sides: dict[str, Any], total: int, turn_size: int, turn: Callable[[Any, int], list[float]]
+) -> dict[str, list[float]]:
+    """Step times of each of two implementations, taking turns: ``turn(side, n)`` runs ``n``
+    steps of ``side`` and returns their seconds; turns of ``turn_size`` steps (the last one
+    shorter) until each has ``total``, the first side first in even rounds, the other in odd
+    ones, so a change of the machine's load over time falls on both alike."""
+    names = list(sides)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    turns = [turn_size] * (total // turn_size) + ([total % turn_size] if total % turn_size else [])
+    for r, n in enumerate(turns):
+        for name in names if r % 2 == 0 else names[::-1]:
+            seconds[name] += turn(sides[name], n)
+    return seconds
+
+
+def step_summary(seconds: list[float]) -> dict:
+    """Median, quartiles, minimum and count of step times."""
+    q = statistics.quantiles(seconds, n=4) if len(seconds) > 1 else [seconds[0]] * 3
+    return {
+        "median_s": statistics.median(seconds),
+        "iqr_s": [q[0], q[2]],
+        "min_s": min(seconds),
+        "n": len(seconds),
+    }
 
 
 def read_metrics(path: Path) -> list[dict]:

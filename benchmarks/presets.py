@@ -3,7 +3,8 @@
 ``full`` trains with the E2E configs' own budgets and evaluates on the whole test split;
 ``quick`` trains a few dozen steps and evaluates on a few hundred sentences (figures far from the
 targets, but every stage and output exercised in about ten minutes); ``smoke`` runs everything
-on ``configs/tiny.yaml`` in a few minutes, for developing the benchmark itself.
+on ``configs/tiny.yaml`` in a few minutes, for developing the benchmark itself. The peer stage
+always runs at Diffusion-LM's E2E size; the presets set only its number of steps.
 """
 
 from __future__ import annotations
@@ -39,6 +40,25 @@ class SweepLine:
 
 
 @dataclass(frozen=True)
+class PeerBudget:
+    """Steps of the side-by-side stage (``benchmarks/peer.py``), per implementation and precision.
+
+    Attributes:
+        warmup: training steps before timing.
+        steps: timed training steps.
+        round: steps of one implementation before the other takes its turn.
+        sample_warmup: sampling steps before timing.
+        sample_steps: timed sampling steps.
+    """
+
+    warmup: int = 5
+    steps: int = 30
+    round: int = 5
+    sample_warmup: int = 3
+    sample_steps: int = 20
+
+
+@dataclass(frozen=True)
 class Preset:
     """Everything a run size (smoke / quick / full) sets.
 
@@ -53,11 +73,8 @@ class Preset:
         acc_sentences: sentences for accuracy vs t.
         sweep_samples: sentences per point of the sweep (one batch when ≤ 64).
         sweep: the sweep's curves.
-        speed_steps: timed fp32 training steps after one warm-up step.
-        bf16_steps: timed bf16 training steps after one warm-up step.
-        bf16_batch: sequences per bf16 step (bf16 is emulated on CPUs without bf16 units).
-        bf16_cap_s: seconds after which a bf16 run is stopped (its logged steps still count).
-        bf16_modes: modes whose bf16 training speed is measured.
+        speed_steps: timed training steps after one warm-up step, per mode and precision (bf16
+            only on CPUs with a bf16 unit; elsewhere autocast would emulate it).
         peak_sizes: per dtype, the square matmul sizes tried for the peak.
         rounding_quick: use ``benchmarks/rounding.py``'s quick settings.
         rounding_grid: vocabulary sizes and dimensions of the rounding benchmark.
@@ -65,6 +82,7 @@ class Preset:
         memory_steps: the two step counts of the generation-memory runs.
         memory_samples: sentences (one batch) of each generation-memory run.
         memory_modes: modes whose generation memory is measured.
+        peer: steps of the side-by-side stage against Diffusion-LM's code (``peer.py``).
     """
 
     name: str
@@ -78,10 +96,6 @@ class Preset:
     sweep_samples: int
     sweep: tuple[SweepLine, ...]
     speed_steps: int
-    bf16_steps: int
-    bf16_batch: int
-    bf16_cap_s: float
-    bf16_modes: tuple[str, ...]
     peak_sizes: dict[str, tuple[int, ...]]
     rounding_quick: bool
     rounding_grid: tuple[tuple[int, ...], tuple[int, ...]]
@@ -89,6 +103,7 @@ class Preset:
     memory_steps: tuple[int, int]
     memory_samples: int
     memory_modes: tuple[str, ...] = ("gaussian",)
+    peer: PeerBudget = PeerBudget()
 
 
 E2E = {"gaussian": "configs/e2e.yaml", "mask": "configs/e2e-mask.yaml", "ar": "configs/e2e-ar.yaml"}
@@ -122,11 +137,7 @@ FULL = Preset(
         SweepLine("mask", "ancestral", (16, 32, 64, 128)),
     ),
     speed_steps=10,
-    bf16_steps=2,
-    bf16_batch=1,
-    bf16_cap_s=120.0,
-    bf16_modes=MODES,
-    peak_sizes={"fp32": (512, 1024, 2048), "bf16": (128, 256, 512)},
+    peak_sizes={"fp32": (512, 1024, 2048), "bf16": (512, 1024, 2048)},
     rounding_quick=False,
     rounding_grid=(VOCABS, DIMS),
     rounding_queries=64 * 64 * 4,
@@ -149,13 +160,12 @@ QUICK = replace(
         SweepLine("mask", "ancestral", (16, 64)),
     ),
     speed_steps=4,
-    bf16_cap_s=60.0,
-    bf16_modes=("gaussian",),
-    peak_sizes={"fp32": (512, 1024, 2048), "bf16": (128, 256)},
+    peak_sizes={"fp32": (512, 1024, 2048), "bf16": (512, 1024, 2048)},
     rounding_quick=True,
     rounding_grid=(VOCABS[:3], DIMS),
     memory_steps=(25, 200),
     memory_modes=("gaussian",),
+    peer=PeerBudget(warmup=3, steps=10, sample_warmup=2, sample_steps=10),
 )
 SMOKE = replace(
     QUICK,
@@ -175,13 +185,11 @@ SMOKE = replace(
         SweepLine("mask", "ancestral", (4, 8)),
     ),
     speed_steps=3,
-    bf16_steps=1,
-    bf16_batch=2,
-    bf16_cap_s=60.0,
-    peak_sizes={"fp32": (256, 512), "bf16": (64, 128)},
+    peak_sizes={"fp32": (256, 512), "bf16": (256, 512)},
     rounding_grid=((1000,), (16,)),
     rounding_queries=2048,
     memory_steps=(10, 80),
     memory_samples=8,
+    peer=PeerBudget(warmup=2, steps=3, round=3, sample_warmup=2, sample_steps=3),
 )
 PRESETS = {"smoke": SMOKE, "quick": QUICK, "full": FULL}

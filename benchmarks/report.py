@@ -16,7 +16,15 @@ GIB, MIB = 2**30, 2**20
 MATCH = 1.1  # "matched" generative perplexity: within 10 % of the AR samples' own
 MEMORY_TOLERANCE = 0.05  # generation peaks at two step counts agree within 5 %
 BUSY = 0.1  # other processes' share of the CPUs above which a stage's timings are flagged
+VS_PEER = (  # the peer stage's part, figure, format, label, goal for textdiff ÷ Diffusion-LM
+    ("train", "tokens_per_s", ",.0f", "training tokens/s", 2.0),
+    ("sample", "median_s", ".4f", "s / sampling step (64 sequences)", 0.5),
+)
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+BOUND_COLUMNS = (
+    "model|train steps|perplexity|NLL/token ± s.e.|sentences / tokens|gen. ppl|AR ppl of real|"
+    "distinct-2 / real|sampler, steps|s / 64"
+).split("|")
 
 
 def _get(d: dict | None, *keys, default=None):
@@ -118,22 +126,14 @@ def _rounding_rows(r: dict) -> list[dict]:
         rows = [_row(name, f"{worst:.2%}", "≥ 99 %", worst >= 0.99, note)]
     trip = _get(ev, "rounding", "roundtrip_accuracy")
     name = "Gaussian: round-trip of every word row"
-    rows.append(
-        _row(
-            name,
-            "–" if trip is None else f"{trip:.2%}",
-            "100 %",
-            None if trip is None else trip == 1,
-        )
-    )
+    measured = "–" if trip is None else f"{trip:.2%}"
+    rows.append(_row(name, measured, "100 %", None if trip is None else trip == 1))
     return rows
 
 
 def _mfu_row(r: dict) -> dict:
-    run = next(
-        (x for x in _get(r, "speed", "runs", default=[]) if x["mode"] == "gaussian"),
-        None,
-    )
+    runs = _get(r, "speed", "runs", default=[])
+    run = next((x for x in runs if (x["mode"], x["precision"]) == ("gaussian", "fp32")), None)
     name = "training model FLOP/s ÷ fp32 matmul peak (Gaussian, fp32)"
     if run is None:
         return _row(name, "–", "≥ 60 %", None)
@@ -210,6 +210,24 @@ def _memory_rows(r: dict) -> list[dict]:
     return rows
 
 
+def peer_targets(peer: dict | None) -> list[dict]:
+    """Against Diffusion-LM's code (the peer stage), per precision: training tokens/s ≥ 2× its,
+    one sampling step ≤ 0.5× its time; bf16 not measured where the CPU has no bf16 unit."""
+    rows = []
+    for part, key, fmt, label, goal in VS_PEER:
+        sign = "≥" if part == "train" else "≤"
+        for precision in ("fp32", "bf16"):
+            name, x = f"{label} ÷ Diffusion-LM's, {precision}", _get(peer, part, precision)
+            if x is None:
+                why = _get(peer, "bf16_skipped") if precision == "bf16" else None
+                rows.append(_row(name, "–", f"{sign} {goal}×", None, why or ""))
+                continue
+            ok = x["ratio"] >= goal if part == "train" else x["ratio"] <= goal
+            note = f"textdiff {x['textdiff'][key]:{fmt}} vs {x['reference'][key]:{fmt}}"
+            rows.append(_row(name, f"{x['ratio']:.3f}×", f"{sign} {goal}×", ok, note))
+    return rows
+
+
 def targets(r: dict) -> list[dict]:
     """One row per target of the benchmark issue: measured figure, goal, met / missed, notes."""
     return [
@@ -219,10 +237,11 @@ def targets(r: dict) -> list[dict]:
         _mfu_row(r),
         _speed_vs_ar_row(r),
         *_memory_rows(r),
+        *peer_targets(r.get("peer")),
     ]
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -249,7 +268,7 @@ def markdown(r: dict) -> str:
             else ""
         ),
         "### Targets",
-        _table(
+        table(
             ["target", "measured", "goal", "status", "notes"],
             [[t["target"], t["measured"], t["goal"], t["status"], t["note"]] for t in r["targets"]],
         ),
@@ -275,28 +294,14 @@ def markdown(r: dict) -> str:
             )
         parts += [
             "### Test bound (AR: exact NLL) and samples",
-            _table(
-                [
-                    "model",
-                    "train steps",
-                    "perplexity",
-                    "NLL/token ± s.e.",
-                    "sentences / tokens",
-                    "gen. ppl",
-                    "AR ppl of real",
-                    "distinct-2 / real",
-                    "sampler, steps",
-                    "s / 64",
-                ],
-                rows,
-            ),
+            table(BOUND_COLUMNS, rows),
         ]
     sw = r.get("sweep") or {}
     if sw:
         parts += [
             f"### Sampling steps ({sw['samples']} sentences a point; real text: gen. ppl "
             f"{sw['real_generative_perplexity']:.2f}, distinct-2 {sw['real_distinct_2']:.3f})",
-            _table(
+            table(
                 ["sampler", "steps", "network calls", "gen. ppl", "distinct-2", "s / 64"],
                 [
                     [
@@ -313,17 +318,19 @@ def markdown(r: dict) -> str:
         ]
     sp = r.get("speed") or {}
     if sp:
-        pk = sp["peaks"]
+        peaks = [
+            f"{k} {v['flops'] / 1e9:.1f} GFLOP/s at n = {v['size']}" for k, v in sp["peaks"].items()
+        ]
+        if sp.get("bf16_skipped"):
+            peaks.append(f"bf16 not measured: {sp['bf16_skipped']}")
         parts += [
-            f"### Training speed (matmul peak: fp32 {pk['fp32']['flops'] / 1e9:.1f} GFLOP/s at "
-            f"n = {pk['fp32']['size']}, bf16 {pk['bf16']['flops'] / 1e9:.2f} GFLOP/s at "
-            f"n = {pk['bf16']['size']}; native bf16: {'yes' if sp['native_bf16'] else 'no'})",
-            _table(
+            f"### Training speed (matmul peak: {', '.join(peaks)})",
+            table(
                 ["model", "precision", "batch", "steps timed", "tokens/s", "GFLOP/s", "of peak"],
                 [
                     [
                         LABELS[x["mode"]],
-                        x["precision"] + (" (capped)" if x["capped"] else ""),
+                        x["precision"],
                         x["batch_size"],
                         x["steps_timed"],
                         _f(x["tokens_per_s"], ",.0f"),
@@ -358,7 +365,11 @@ def markdown(r: dict) -> str:
             for k, gs in mem["generation"].items()
             for g in gs
         ]
-        parts += ["### Peak memory (RSS of the process)", _table(["job", "MiB", "notes"], rows)]
+        parts += ["### Peak memory (RSS of the process)", table(["job", "MiB", "notes"], rows)]
+    if r.get("peer"):
+        from peer import peer_section  # the stage's own module (it imports this one)
+
+        parts.append(peer_section(r["peer"]))
     parts.append(
         "Plots: [acc_by_t.png](results/acc_by_t.png), "
         "[genppl_vs_steps.png](results/genppl_vs_steps.png), "

@@ -15,14 +15,18 @@ What is measured, in one run, and how:
    for Gaussian DDPM, DDIM (with and without clamping) and mask ancestral sampling, and one point
    for the AR model sampling with its key/value cache; timed with ``time.perf_counter`` after a
    warm-up, one batch of up to 64 sentences at a time.
-4. **speed** — training tokens/s over a fixed number of steps after one warm-up step (from the
-   trainer's ``metrics.jsonl`` logged every step), in fp32 and bf16 (bf16 with a smaller batch
-   and a time cap where it is emulated), times the model FLOPs per token
-   (``TextDiffusionModel.num_flops_per_token``; ``6 N + 12 n_layer L D`` for GPT-2), over the
-   best square-matmul FLOP/s of the same dtype measured in the same run.
+4. **speed** — training tokens/s of every mode over a fixed number of steps after one warm-up
+   step (from the trainer's ``metrics.jsonl`` logged every step), in fp32 and, where the CPU has
+   a bf16 unit, bf16 (skipped, with the reason recorded, elsewhere), times the model FLOPs per
+   token (``measure.flops_per_token``: ``TextDiffusionModel.num_flops_per_token`` plus
+   self-conditioning's extra forward; ``6 N + 12 n_layer L D`` for GPT-2), over the best
+   square-matmul FLOP/s of the same dtype measured in the same run.
 5. **rounding** — ``benchmarks/rounding.py``'s FAISS vs tiled-torch cells.
 6. **memory** — peak RSS of the training process (stage 1) and of generation processes at two
    step counts without the trajectory.
+7. **peer** — ``benchmarks/peer.py``: training tokens/s and seconds per sampling step of textdiff
+   against Diffusion-LM's reference code (``../shared/tools/dlm-speed/``) at its E2E size, in
+   one process, taking turns; also runnable alone.
 
 Each stage's result is cached in ``work/.../cache/<stage>.json`` under a key of its settings and
 the model files, so a rerun reuses finished work. Results go to ``benchmarks/results/<preset>.json``
@@ -32,7 +36,7 @@ the markdown table between the results markers of ``benchmarks/README.md``.
 Usage::
 
     .venv/bin/python benchmarks/run.py --smoke | --quick [--quick-steps N] | --full
-        [--stages train,evaluate,sweep,speed,rounding,memory] [--force]
+        [--stages train,evaluate,sweep,speed,rounding,memory,peer] [--force]
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from pathlib import Path
 
 import torch
 from measure import BENCH, ROOT, OtherLoad, fingerprint, machine_info
+from peer import CONFIG as PEER_CONFIG
+from peer import REFERENCE, check_reference, peer_stage
 from plots import plots
 from presets import MODES, PRESETS, Preset
 from report import markdown, targets, write_readme
@@ -64,7 +70,7 @@ from stages import (
     train_stage,
 )
 
-STAGES = ("train", "evaluate", "sweep", "speed", "rounding", "memory")
+STAGES = ("train", "evaluate", "sweep", "speed", "rounding", "memory", "peer")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,9 +107,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_data(preset: Preset) -> None:
-    """Refuse early, in one message, when the E2E files the configs name are missing."""
+def check_data(preset: Preset, peer: bool) -> None:
+    """Refuse early, in one message, when the E2E files the configs name are missing, or (for
+    the peer stage) Diffusion-LM's reference code."""
     from textdiff.infra.config import ConfigError, load_config
+
+    if peer:
+        try:
+            check_reference()
+        except StageError as e:
+            sys.exit(f"error: {e}")
 
     for path, overrides in preset.configs.values():
         try:
@@ -167,13 +180,61 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def run_stages(ctx: Context, cache: Cache, selected: list[str]) -> dict:
+    """Each stage's result: computed if ``selected`` (and stale), else from the cache."""
+    threads = torch.get_num_threads()  # timings depend on it: part of every cache key
+    p = asdict(ctx.preset)
+    models = [ctx.model_dir(m) / "model.safetensors" for m in MODES]
+    with OtherLoad() as load:
+        results = {"train": train_stage(ctx, train="train" in selected)}
+    if "train" in selected:
+        cache.other_load["train"] = load.share
+    results["evaluate"] = cache.get(
+        "evaluate",
+        fingerprint(
+            threads,
+            [p[k] for k in ("eval_limit", "num_t", "eval_samples", "eval_steps")],
+            p["acc_sentences"],
+            *models,
+        ),
+        lambda: evaluate_stage(ctx),
+    )
+    results["sweep"] = cache.get(
+        "sweep",
+        fingerprint(threads, p["sweep"], p["sweep_samples"], *models),
+        lambda: sweep_stage(ctx),
+    )
+    configs = [experiment(ctx, m)[0].to_dict() for m in MODES]
+    results["speed"] = cache.get(
+        "speed",
+        fingerprint(threads, p["speed_steps"], p["peak_sizes"], configs),
+        lambda: speed_stage(ctx),
+    )
+    results["rounding"] = cache.get(
+        "rounding",
+        fingerprint(threads, p["rounding_quick"], p["rounding_grid"], p["rounding_queries"]),
+        lambda: rounding_stage(ctx),
+    )
+    results["memory"] = cache.get(
+        "memory",
+        fingerprint(threads, p["memory_steps"], p["memory_samples"], p["memory_modes"], *models),
+        lambda: memory_stage(ctx, results["train"]),
+    )
+    results["peer"] = cache.get(
+        "peer",
+        fingerprint(threads, p["peer"], ROOT / PEER_CONFIG, REFERENCE / "COMMIT"),
+        lambda: peer_stage(ctx),
+    )
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected stages, then write the JSON, and for quick / full the plots and table."""
     args = parse_args(argv)
     preset = PRESETS["smoke" if args.smoke else "quick" if args.quick else "full"]
     if args.quick_steps is not None:
         preset = replace(preset, train_steps=args.quick_steps)
-    check_data(preset)
+    check_data(preset, peer="peer" in args.stages)
     if args.threads is not None:  # children inherit the environment
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
@@ -182,54 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     started = _now()
     ctx.log("run", f"preset {preset.name}, stages {args.stages}, work folder {work}")
     cache = Cache(ctx, args.stages, args.force)
-    threads = torch.get_num_threads()  # timings depend on it: part of every cache key
-    p = asdict(preset)
-    models = [ctx.model_dir(m) / "model.safetensors" for m in MODES]
     try:
-        with OtherLoad() as load:
-            results = {"train": train_stage(ctx, train="train" in args.stages)}
-        if "train" in args.stages:
-            cache.other_load["train"] = load.share
-        results["evaluate"] = cache.get(
-            "evaluate",
-            fingerprint(
-                threads,
-                [p[k] for k in ("eval_limit", "num_t", "eval_samples", "eval_steps")],
-                p["acc_sentences"],
-                *models,
-            ),
-            lambda: evaluate_stage(ctx),
-        )
-        results["sweep"] = cache.get(
-            "sweep",
-            fingerprint(threads, p["sweep"], p["sweep_samples"], *models),
-            lambda: sweep_stage(ctx),
-        )
-        configs = [experiment(ctx, m)[0].to_dict() for m in MODES]
-        speed_keys = ("speed_steps", "bf16_steps", "bf16_batch", "bf16_cap_s", "bf16_modes")
-        results["speed"] = cache.get(
-            "speed",
-            fingerprint(threads, [p[k] for k in speed_keys], p["peak_sizes"], configs),
-            lambda: speed_stage(ctx),
-        )
-        results["rounding"] = cache.get(
-            "rounding",
-            fingerprint(threads, p["rounding_quick"], p["rounding_grid"], p["rounding_queries"]),
-            lambda: rounding_stage(ctx),
-        )
-        results["memory"] = cache.get(
-            "memory",
-            fingerprint(
-                threads, p["memory_steps"], p["memory_samples"], p["memory_modes"], *models
-            ),
-            lambda: memory_stage(ctx, results["train"]),
-        )
+        results = run_stages(ctx, cache, args.stages)
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     results = {
         "preset": preset.name,
-        "settings": p,
+        "settings": asdict(preset),
         "machine": machine_info(),
         "started_at": started,
         "finished_at": _now(),
