@@ -1,0 +1,204 @@
+"""Plug-and-play control of a Gaussian E2E model, measured as Diffusion-LM measured it (§7.1).
+
+    .venv/bin/python benchmarks/control.py --model runs/e2e/model --reference runs/e2e-ar/model
+    .venv/bin/python benchmarks/control.py ... --quick          # 4 targets of each kind, 16 samples
+
+1. **Classifier**: a latent classifier of the model's noised latents, trained on the E2E training
+   sentences labelled with the MR slots they realise (``textdiff.infra.classify``), or reused.
+2. **Settings**: the control weight λ is chosen on *validation* targets (the slot values of the
+   first validation MRs; lengths 12, 18, 24) as the largest success whose samples' generative
+   perplexity stays within 1.5× the uncontrolled samples'.
+3. **Semantic content**: for every slot value ``attribute[value]`` of the E2E *test* MRs (as
+   Diffusion-LM: each field value), N sentences under the classifier control; success = the
+   value is realised (the slot-error rules of ``textdiff.infra.e2e``).
+4. **Length**: for every length 10–40, N sentences under the length control; success = exactly
+   that many tokens before ``[EOS]``.
+
+Both report the success rate beside the uncontrolled samples' (same seeds), and the generative
+perplexity (under the AR reference) and mean unigram entropy of controlled and uncontrolled
+samples. Writes ``benchmarks/results/control[-quick].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from textdiff.infra.classify import (  # noqa: E402
+    classifier_control,
+    control_success,
+    train_classifier,
+)
+from textdiff.infra.config import load_config  # noqa: E402
+from textdiff.infra.data import load_text_splits  # noqa: E402
+from textdiff.infra.e2e import parse_mr, read_references, realised  # noqa: E402
+from textdiff.infra.evaluation import perplexity_of_texts  # noqa: E402
+from textdiff.infra.metrics import unigram_entropy  # noqa: E402
+from textdiff.models.pipeline import TextDiffusionPipeline  # noqa: E402
+
+WEIGHTS = (0.5, 1.0, 2.0, 4.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=str(ROOT / "runs" / "e2e" / "model"))
+    p.add_argument("--reference", default=str(ROOT / "runs" / "e2e-ar" / "model"))
+    p.add_argument("--classifier", help="a trained classifier folder (default: train one)")
+    p.add_argument("--samples", type=int, default=32, help="sentences per target")
+    p.add_argument("--sampler", default="dpm-solver")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    n = 16 if args.quick else args.samples
+    pipe = TextDiffusionPipeline.from_pretrained(args.model)
+    reference = TextDiffusionPipeline.from_pretrained(args.reference)
+    work = ROOT / "benchmarks" / "work" / ("control-quick" if args.quick else "control")
+    t0 = time.perf_counter()
+    folder = args.classifier or _classifier(args.model, work / "classifier", args.quick)
+    generation = dict(num_samples=n, sampler=args.sampler, num_steps=args.steps)
+    semantic, lengths = _targets(args.model, args.quick)
+    report = {
+        "machine": {"cpu": _cpu(), "python": platform.python_version(), "torch": torch.__version__},
+        "model": args.model,
+        "reference": args.reference,
+        "classifier": str(folder),
+        "generation": generation,
+    }
+    score = _Scorer(pipe, reference, folder, generation)
+    report["weights"] = {kind: score.choose(kind, targets) for kind, targets in _validation(args)}
+    report["semantic"] = score.run("semantic", semantic, report["weights"]["semantic"])
+    report["length"] = score.run("length", lengths, report["weights"]["length"])
+    report["seconds"] = time.perf_counter() - t0
+    out = Path(
+        args.out
+        or ROOT / "benchmarks" / "results" / f"control{'-quick' if args.quick else ''}.json"
+    )
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    for kind in ("semantic", "length"):
+        r = report[kind]
+        print(
+            f"{kind}: success {r['success']:.3f} (uncontrolled {r['uncontrolled_success']:.3f}), "
+            f"gen. ppl {r['generative_perplexity']:.2f} (uncontrolled "
+            f"{r['uncontrolled_generative_perplexity']:.2f}), entropy {r['entropy']:.3f} "
+            f"(uncontrolled {r['uncontrolled_entropy']:.3f}), λ {report['weights'][kind]}"
+        )
+    print(f"wrote {out} ({report['seconds'] / 60:.1f} min)")
+    return 0
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _classifier(model: str, folder: Path, quick: bool) -> Path:
+    if (folder / "config.json").is_file():
+        return folder
+    result = train_classifier(model, folder, steps=200 if quick else 2000)
+    print(
+        f"classifier: {len(result.labels)} labels, validation accuracy "
+        f"{result.valid_accuracy:.3f}, {result.seconds:.0f} s"
+    )
+    return folder
+
+
+def _targets(model: str, quick: bool) -> tuple[list[str], list[int]]:
+    """Every slot value of the E2E test MRs, and the lengths 10–40."""
+    zip_path = Path(load_config(Path(model) / "experiment.yaml").data.data_files["test"]).parent
+    pairs = read_references(zip_path / "e2e-dataset-v1.0.0.zip")
+    slots = sorted({f"{a}[{v}]" for mr, _ in pairs for a, v in parse_mr(mr)})
+    lengths = list(range(10, 41))
+    return (slots[:: max(1, len(slots) // 4)][:4], [10, 20, 30, 40]) if quick else (slots, lengths)
+
+
+def _validation(args) -> list[tuple[str, list]]:
+    splits = load_text_splits(load_config(Path(args.model) / "experiment.yaml").data)
+    mrs = list(splits["validation"]["condition"])[:3]
+    slots = sorted({f"{a}[{v}]" for mr in mrs for a, v in parse_mr(mr) if a != "name"})
+    return [("semantic", slots[:2] if args.quick else slots[:6]), ("length", [12, 18, 24])]
+
+
+class _Scorer:
+    """Runs a control over targets and collects success, perplexity and entropy."""
+
+    def __init__(self, pipe, reference, folder, generation):
+        self.pipe, self.reference, self.folder = pipe, reference, folder
+        self.generation = dict(generation)
+        self.n = self.generation.pop("num_samples")
+
+    def target(self, kind: str, target) -> tuple:
+        if kind == "length":
+            return self.pipe.length_control(target), lambda text: len(text.split()) == target
+        attribute, value = target.split("[", 1)
+        control = classifier_control(self.pipe, self.folder, target)
+        return control, lambda text: realised(attribute, value[:-1], text)
+
+    def run(self, kind: str, targets: list, weight: float) -> dict:
+        rows, texts, free = [], [], []
+        for target in targets:
+            control, met = self.target(kind, target)
+            r = control_success(
+                self.pipe,
+                control,
+                met,
+                num_samples=self.n,
+                guidance={"weight": weight},
+                **self.generation,
+            )
+            rows.append(
+                {
+                    "target": target,
+                    "success": r["success"],
+                    "uncontrolled_success": r["uncontrolled_success"],
+                    "examples": r["texts"][:2],
+                }
+            )
+            texts += r["texts"]
+            free += r["uncontrolled_texts"]
+            print(
+                f"  {kind} {target}: {r['success']:.2f} (free {r['uncontrolled_success']:.2f})",
+                flush=True,
+            )
+        mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+        return {
+            "weight": weight,
+            "targets": rows,
+            "success": mean("success"),
+            "uncontrolled_success": mean("uncontrolled_success"),
+            "generative_perplexity": perplexity_of_texts(self.reference, texts),
+            "uncontrolled_generative_perplexity": perplexity_of_texts(self.reference, free),
+            "entropy": unigram_entropy(texts),
+            "uncontrolled_entropy": unigram_entropy(free),
+        }
+
+    def choose(self, kind: str, targets: list) -> float:
+        """The weight with the highest validation success whose generative perplexity stays
+        within 1.5× the uncontrolled samples' (the smallest weight if none does)."""
+        best, best_success = WEIGHTS[0], -1.0
+        for weight in WEIGHTS:
+            r = self.run(kind, targets, weight)
+            ok = r["generative_perplexity"] <= 1.5 * r["uncontrolled_generative_perplexity"]
+            print(
+                f"validation {kind} λ {weight}: success {r['success']:.3f}, gen. ppl "
+                f"{r['generative_perplexity']:.2f} vs {r['uncontrolled_generative_perplexity']:.2f}"
+            )
+            if ok and r["success"] > best_success:
+                best, best_success = weight, r["success"]
+        return best
+
+
+if __name__ == "__main__":
+    sys.exit(main())
