@@ -224,14 +224,18 @@ def test_half_log_snr_grid_is_uniform_in_lambda_and_spans_the_chain():
 # ------------------------------------------------------------------------ per-sample seeding
 
 
-def random_pipe(noise, condition_len=0, tok=None, **sample):
+def random_pipe(noise, condition_len=0, tok=None, prediction="x0", **sample):
     """A randomly initialised tiny model of ``noise`` (10 positions, or ``condition_len`` more)."""
     texts = ["the eagle is a pub near the river .", "a cheap coffee shop ."]
     tok = tok or train_tokenizer(texts, min_frequency=1)
     torch.manual_seed(0)
     schedule = "sqrt" if noise == "gaussian" else "linear"
     process = ProcessConfig(
-        noise=noise, schedule=schedule, chain_length=100, condition_len=condition_len
+        noise=noise,
+        schedule=schedule,
+        chain_length=100,
+        condition_len=condition_len,
+        prediction=prediction,
     )
     spec = get_process_spec(noise)
     net = ModelConfig(
@@ -297,3 +301,40 @@ def test_model_folders_from_before_per_sample_seeding_keep_one_shared_generator(
     fresh = random_pipe("mask")
     assert fresh.sample_defaults.seeding == "per-sample"
     shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm-solver"])
+def test_gaussian_length_first_places_the_oracles_length_and_lands_on_the_data(
+    oracle_factory, sampler
+):
+    """An oracle's word probabilities put [EOS] where the sentence has it: length_first holds
+    it there from the first call, and the sample is the sentence."""
+    from textdiff.diffusion.rounding import Rounder
+
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(V, 8, generator=gen)
+    ids = sentences(B=5, L=12)
+    p = GaussianProcess("sqrt", pad_id=PAD, eos_id=EOS)
+    oracle = oracle_factory(table, ids, p)
+    out = p.sample(
+        oracle,
+        ids.shape,
+        steps=10,
+        sampler=sampler,
+        rounder=Rounder(table),
+        generator=gen,
+        length_first=True,
+    )
+    assert torch.equal(out.ids, ids) and out.nfe == oracle.calls == 11  # one call for length
+
+
+def test_gaussian_length_first_keeps_pad_and_eos_out_of_the_sentence():
+    """A random posterior model: with the length placed first, [PAD] and [EOS] appear exactly
+    at and after the placed end, nowhere before it."""
+    pipe = random_pipe("gaussian", prediction="posterior")
+    out = pipe.generate(16, seed=0, return_ids=True, sampler_options={"length_first": True})
+    tok = pipe.tokenizer
+    ends = (out.ids == tok.eos_token_id).float().argmax(1)
+    pos = torch.arange(out.ids.shape[1])
+    assert ((out.ids == tok.eos_token_id).sum(1) == 1).all()
+    assert ((out.ids == tok.pad_token_id) == (pos > ends[:, None])).all()

@@ -37,7 +37,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from .base import Run, Sampler
+from .base import Run, Sampler, place_length
 
 
 def _masked(process, z: Tensor, run: Run) -> Tensor:
@@ -113,29 +113,12 @@ def threshold_step(process, z: Tensor, probs: Tensor, t, s, run: Run):
 
 
 def length_step(process, z: Tensor, probs: Tensor, t, s, run: Run):
-    """Place each row's [EOS] at a position drawn from ``p_θ(w_i = [EOS] | z)`` over the free
-    positions (raw probabilities, before temperature), [PAD] after it; rows that already hold an
-    [EOS] (a template) keep theirs."""
-    if process.eos_id is None or process.pad_id is None:
-        raise ValueError("length_first needs the [EOS] and [PAD] ids (MaskProcess pad_id, eos_id)")
-    held, held_ids = run.memory["held"], run.memory["held_ids"]
+    """Place each row's [EOS] (:func:`~textdiff.diffusion.base.place_length`) from
+    ``p_θ(w_i = [EOS] | z)`` (raw probabilities, before temperature)."""
     p_eos = run.memory["log_probs"][..., process.eos_id].double().exp()
-    p_eos = p_eos.masked_fill(held, 0.0)
-    todo = ~(held & (held_ids == process.eos_id)).any(1) & (p_eos.sum(1) > 0)
-    if todo.any():
-        rows = torch.arange(len(z), device=z.device)[todo]
-        at = run.noise.categorical(p_eos[todo] / p_eos[todo].sum(1, keepdim=True), rows)
-        pos = torch.arange(z.shape[1], device=z.device)
-        after = pos[None] > at[:, None]
-        held_ids[todo] = torch.where(
-            pos[None] == at[:, None],
-            process.eos_id,
-            torch.where(after, process.pad_id, held_ids[todo]),
-        )
-        new = (pos[None] >= at[:, None]) & ~held[todo]
-        held[todo] = held[todo] | new
-    run.memory["content"] = ~held
-    z = torch.where(held, held_ids, z)
+    place_length(process, p_eos, run.memory["held"], run.memory["held_ids"], run.noise)
+    run.memory["content"] = ~run.memory["held"]
+    z = torch.where(run.memory["held"], run.memory["held_ids"], z)
     return z, z
 
 

@@ -175,6 +175,26 @@ class Sampler:
                     yield s, s, partial(self.corrector, after=t)
 
 
+def place_length(process, p_eos: Tensor, held: Tensor, held_ids: Tensor, noise) -> None:
+    """Draw each row's [EOS] position from ``p_eos`` (B, L) over its free (not ``held``)
+    positions and hold [EOS] there and [PAD] after it (``held`` and ``held_ids`` are updated in
+    place). The model's probabilities of [EOS] at each position of an all-noise input are its
+    distribution of the sentence length (one [EOS] per sentence). Rows that already hold an
+    [EOS] (a template) keep theirs."""
+    if process.eos_id is None or process.pad_id is None:
+        raise ValueError("length_first needs the process's [EOS] and [PAD] ids (pad_id, eos_id)")
+    p_eos = p_eos.double().masked_fill(held, 0.0)
+    todo = ~(held & (held_ids == process.eos_id)).any(1) & (p_eos.sum(1) > 0)
+    if not todo.any():
+        return
+    rows = torch.arange(len(held), device=held.device)[todo]
+    at = noise.categorical(p_eos[todo] / p_eos[todo].sum(1, keepdim=True), rows).to(held.device)
+    pos = torch.arange(held.shape[1], device=held.device)[None]
+    after = torch.where(pos > at[:, None], process.pad_id, held_ids[todo])
+    held_ids[todo] = torch.where(pos == at[:, None], process.eos_id, after)
+    held[todo] = held[todo] | (pos >= at[:, None])
+
+
 def stratified_times(batch: int, *, generator: torch.Generator | None, device=None) -> Tensor:
     """``t_i = (u + i) / B mod 1`` with one shared ``u ~ U[0, 1)``: a stratified (low-discrepancy)
     batch of times, each marginally uniform, so the batch mean has lower variance than i.i.d."""

@@ -56,6 +56,7 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
             and that ``eps_weighting="vlb"`` weights by (Diffusion-LM uses 2000); ``None`` is the
             continuous-time limit. Sampling picks its own, usually far fewer, steps.
         eps_weighting: for ``prediction="eps"``, ``"simple"`` (L_simple) or ``"vlb"`` (exact).
+        pad_id, eos_id: the ids of [PAD] and [EOS] (needed to place a length first).
     """
 
     name = "gaussian"
@@ -70,6 +71,9 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         prediction: str = "x0",
         chain_length: int | None = 2000,
         eps_weighting: str = "simple",
+        *,
+        pad_id: int | None = None,
+        eos_id: int | None = None,
     ):
         for name, value, valid in (
             ("prediction", prediction, PREDICTIONS),
@@ -80,11 +84,8 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         if chain_length is not None and chain_length < 2:
             raise ValueError(f"chain_length must be ≥ 2 or None (continuous), got {chain_length}")
         self.schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
-        self.prediction, self.chain_length, self.eps_weighting = (
-            prediction,
-            chain_length,
-            eps_weighting,
-        )
+        self.prediction, self.chain_length = prediction, chain_length
+        self.eps_weighting, self.pad_id, self.eos_id = eps_weighting, pad_id, eos_id
 
     # ---------------------------------------------------------------- closed forms, §2
     def alpha_bar(self, t: Tensor | float) -> Tensor:  # ᾱ(t), float64
@@ -166,6 +167,7 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         t: Tensor | float,
         table: Tensor | None = None,
         temperature: float = 1.0,
+        banned: Tensor | None = None,
     ) -> Tensor:
         """The network's output read as ``x̂_0``, whatever it was trained to predict.
 
@@ -177,6 +179,7 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         ``x̂_0 = Σ_v softmax((output + evidence) / τ)_v E_v``: below 1 the mean row moves toward
         the most likely word's row, and as τ → 0 ``x̂_0`` becomes that row (a word row at every
         step, as ``clamp`` also gives). Other predictions have no posterior to sharpen.
+        ``banned`` (bool, broadcastable to (B, L, V)) rules words out of the posterior.
         """
         if temperature != 1.0 and self.prediction != "posterior":
             raise ValueError(
@@ -187,8 +190,14 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
             return output
         if self.prediction == "eps":
             return self.x0_from_eps(x_t, output, t)
-        logits = output.float() + self.evidence_logits(x_t, t, table)
+        logits = self.word_logits(output, x_t, t, table)
+        if banned is not None:
+            logits = logits.masked_fill(banned, float("-inf"))
         return (logits / temperature).softmax(-1) @ table.float()
+
+    def word_logits(self, output: Tensor, x_t: Tensor, t, table: Tensor) -> Tensor:
+        """The posterior over words of a ``posterior`` model (B, L, V): output + evidence."""
+        return output.float() + self.evidence_logits(x_t, t, table)
 
     def denoise(
         self,
@@ -197,20 +206,30 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         t: Tensor,
         x0_prev: Tensor | None = None,
         temperature: float = 1.0,
-    ) -> Tensor:
+        banned: Tensor | None = None,
+        words: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """``x̂_0`` at times ``t`` (B,). A self-conditioned model is given ``x0_prev``, or, when
-        that is None, first its own estimate from zeros (two network calls). ``temperature``:
-        see :meth:`predict_x0`."""
+        that is None, first its own estimate from zeros (two network calls). ``temperature``,
+        ``banned``: see :meth:`predict_x0`. With ``words`` it also returns the word
+        probabilities (B, L, V) at temperature 1: the posterior of a ``posterior`` model, the
+        read-out of ``x̂_0`` otherwise."""
         t_net = t.float().to(x_t.device)
         table = model.word_table() if self.prediction == "posterior" else None
         read = partial(self.predict_x0, x_t=x_t, t=t, table=table, temperature=temperature)
-        x0_hat = None
+        x0_hat = out = None
         if x0_prev is None:
-            x0_hat = read(model(x_t, t_net).float())
+            out = model(x_t, t_net).float()
+            x0_hat = read(out, banned=banned)
         if getattr(model, "self_conditioning", False):
             prev = x0_hat if x0_prev is None else x0_prev
-            x0_hat = read(model(x_t, t_net, x0_prev=prev).float())
-        return x0_hat
+            out = model(x_t, t_net, x0_prev=prev).float()
+            x0_hat = read(out, banned=banned)
+        if not words:
+            return x0_hat
+        if self.prediction == "posterior":
+            return x0_hat, self.word_logits(out, x_t, t, table).softmax(-1)
+        return x0_hat, model.logits(x0_hat).float().softmax(-1)
 
     def vlb_weight(self, t: Tensor | float, s: Tensor | float) -> Tensor:
         """KL of one step ``t → s`` per unit of ``‖x0 − x̂_0‖²``: ``½ (SNR(s) − SNR(t))``.

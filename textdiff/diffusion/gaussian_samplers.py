@@ -19,11 +19,12 @@ latent and that ``x̂_0``:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .base import Run, Sampler, time_grid
+from .base import Known, Run, Sampler, place_length, time_grid
 
 
 class GaussianSampling:
@@ -53,13 +54,17 @@ class GaussianSampling:
     def predict(self, run: Run, x: Tensor, t, prev: Tensor | None) -> Tensor:
         """``x̂_0`` at ``t`` (:meth:`denoise`, with ``temperature``; a self-conditioned model
         reads ``prev``, zeros at the first step), snapped to its nearest word row with
-        ``clamp``, and ``E[w]`` at known positions — so the trajectory leads to them."""
+        ``clamp``, and ``E[w]`` at known positions — so the trajectory leads to them. After a
+        length was placed, the posterior rules out [PAD] and [EOS] before it."""
         if not getattr(run.model, "self_conditioning", False):
             prev = None
         elif prev is None:
             prev = torch.zeros_like(x)
         t_b = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
-        x0_hat = self.denoise(run.model, x, t_b, prev, run.options["temperature"])
+        options = dict(banned=run.memory.get("banned"), words=run.memory.get("length_pending"))
+        x0_hat = self.denoise(run.model, x, t_b, prev, run.options["temperature"], **options)
+        if options["words"]:
+            x0_hat, run.memory["words"] = x0_hat
         if run.options["clamp"]:
             x0_hat = run.rounder.clamp(x0_hat)
         if run.known is not None:
@@ -75,6 +80,40 @@ class GaussianSampling:
         if run.known is not None:
             ids = torch.where(run.known.mask.to(ids.device), run.known.ids.to(ids.device), ids)
         return ids, x0
+
+
+def length_step(process, x: Tensor, x0_hat: Tensor, t, s, run: Run) -> tuple[Tensor, Tensor]:
+    """Place each row's [EOS] (:func:`~textdiff.diffusion.base.place_length`) from the word
+    probabilities of the first call (``t = 1``, raw): the known tokens gain [EOS] and the
+    [PAD] after it, and the positions before it lose [PAD] and [EOS] from their posterior. The
+    latent does not move."""
+    B, L, _ = x.shape
+    known, device = run.known, x.device
+    empty = torch.zeros(B, L, dtype=torch.bool, device=device)
+    held = known.mask.clone().to(device) if known else empty
+    ids = known.ids.clone().to(device) if known else torch.zeros_like(empty, dtype=torch.long)
+    words = run.memory.pop("words")
+    run.memory["length_pending"] = False
+    place_length(process, words[..., process.eos_id], held, ids, run.noise)
+    clean = known.clean if known is not None else None
+    run.known = Known(ids, held, clean)
+    run.memory["x0_known"] = run.model.embed(ids.to(run.model.device)).float()
+    ban = torch.zeros(words.shape[-1], dtype=torch.bool, device=device)
+    ban[[process.pad_id, process.eos_id]] = True
+    run.memory["banned"] = (~held)[..., None] & ban
+    return x, torch.where(held[..., None], run.memory["x0_known"], x0_hat)
+
+
+@dataclass(frozen=True)
+class GaussianSampler(Sampler):
+    """A Gaussian sampler whose plan may start with a length placed first (option
+    ``length_first``: one network call at ``t = 1``, :func:`length_step`)."""
+
+    def plan(self, process, steps: int, run: Run):
+        if run.options["length_first"]:
+            run.memory["length_pending"] = True
+            yield 1.0, 1.0, length_step
+        yield from super().plan(process, steps, run)
 
 
 def ddpm_step(process, x_t: Tensor, x0_hat: Tensor, t, s, run: Run) -> tuple[Tensor, Tensor]:
@@ -152,14 +191,21 @@ def dpm_solver_step(process, x_t: Tensor, x0_hat: Tensor, t, s, run: Run):
     return x_s + noise, x0_hat
 
 
+_LENGTH = {"length_first": False}
 GAUSSIAN_SAMPLERS: dict[str, Sampler] = {
-    "ddpm": Sampler(ddpm_step),
-    "ddim": Sampler(ddim_step, options={"eta": 0.0}),
-    "pc": Sampler(ddpm_step, corrector=langevin_step, options={"corrector_steps": 1, "snr": 0.1}),
-    "dpm-solver": Sampler(
-        dpm_solver_step, half_log_snr_grid, options={"order": 2, "sde": False, "grid": "logsnr"}
+    "ddpm": GaussianSampler(ddpm_step, options=_LENGTH),
+    "ddim": GaussianSampler(ddim_step, options={**_LENGTH, "eta": 0.0}),
+    "pc": GaussianSampler(
+        ddpm_step, corrector=langevin_step, options={**_LENGTH, "corrector_steps": 1, "snr": 0.1}
     ),
-    "dpm-solver-sde": Sampler(
-        dpm_solver_step, half_log_snr_grid, options={"order": 2, "sde": True, "grid": "logsnr"}
+    "dpm-solver": GaussianSampler(
+        dpm_solver_step,
+        half_log_snr_grid,
+        options={**_LENGTH, "order": 2, "sde": False, "grid": "logsnr"},
+    ),
+    "dpm-solver-sde": GaussianSampler(
+        dpm_solver_step,
+        half_log_snr_grid,
+        options={**_LENGTH, "order": 2, "sde": True, "grid": "logsnr"},
     ),
 }

@@ -155,7 +155,14 @@ register_process(
     ProcessSpec(
         "gaussian",
         GaussianProcess,
-        lambda p, ids: GaussianProcess(p.schedule, p.prediction, p.chain_length, p.eps_weighting),
+        lambda p, ids: GaussianProcess(
+            p.schedule,
+            p.prediction,
+            p.chain_length,
+            p.eps_weighting,
+            pad_id=ids["pad"],
+            eos_id=ids["eos"],
+        ),
         schedules=tuple(SCHEDULES),
         output=lambda p: "logits" if p.prediction == "posterior" else "embedding",
         check=_check_gaussian,
