@@ -35,6 +35,15 @@ def text_figures(texts: list[str], ids, tokenizer, prefix: str = "") -> dict:
     return {prefix + k: v for k, v in figures.items()}
 
 
+def random_real(texts: list[str], n: int, seed: int = 0) -> list[str]:
+    """``n`` real sentences drawn without replacement (seeded) from the whole split: files like
+    E2E's list references grouped by meaning representation, so the first ``n`` would not be a
+    sample of the split."""
+    import random
+
+    return random.Random(seed).sample(texts, min(n, len(texts)))
+
+
 def sample_quality(
     pipe, data, num_samples: int, reference_model=None, progress=False, **generation
 ):
@@ -50,7 +59,7 @@ def sample_quality(
         num_samples, return_ids=True, progress=progress, condition=conditions, **generation
     )
     seconds = time.perf_counter() - t0
-    real = data.real[: max(num_samples, 2)]
+    real = random_real(data.real, max(num_samples, 2), generation.get("seed") or 0)
     real_ids, _ = encode(pipe.tokenizer, real, pipe.seq_len - pipe.condition_len)
     defaults = pipe.sample_defaults
     quality = {
