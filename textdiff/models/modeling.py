@@ -12,12 +12,21 @@ With ``rotary``, each head's queries and keys are also rotated by their position
 
 Attention is written as two matmuls (no SDPA): on CPUs with bf16 matmul units this is the form
 whose bf16 backward is fast, and on others it is as fast as SDPA at these lengths.
+
+Importing this module registers ``model_type: textdiff`` with ``transformers``' ``AutoConfig`` and
+``AutoModel`` (``import textdiff`` arranges the same, without importing torch, for whenever
+``transformers``' Auto classes are first imported). A saved folder also names its classes in
+``config.json`` ``auto_map`` and ships a two-line ``textdiff_auto.py`` importing them, so
+``AutoModel.from_pretrained(folder, trust_remote_code=True)`` works where textdiff is installed
+but not imported.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,9 +54,23 @@ def sinusoidal(positions: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
     return torch.cat([angles.sin(), angles.cos()], dim=-1).float()
 
 
+AUTO_MODULE = "textdiff_auto"  # the file of a saved folder that names its classes (auto_map)
+AUTO_MAP = {
+    "AutoConfig": f"{AUTO_MODULE}.TextDiffusionConfig",
+    "AutoModel": f"{AUTO_MODULE}.TextDiffusionModel",
+}
+AUTO_SOURCE = '''"""The classes transformers' Auto classes load this model with (config.json
+auto_map); they come from textdiff: pip install textdiff."""
+
+from textdiff.models.modeling import TextDiffusionConfig, TextDiffusionModel
+
+__all__ = ["TextDiffusionConfig", "TextDiffusionModel"]
+'''
+
+
 class TextDiffusionConfig(PretrainedConfig):
     """Saved as ``config.json``: the network (:class:`ModelConfig` fields), the forward process
-    (``process``), generation defaults (``sample``) and the special token ids."""
+    (``process``), generation defaults (``sample``), the special token ids and ``auto_map``."""
 
     model_type = "textdiff"
 
@@ -65,6 +88,7 @@ class TextDiffusionConfig(PretrainedConfig):
         self.process = asdict(from_dict(ProcessConfig, process, "process"))
         self.sample = asdict(from_dict(SampleConfig, saved_sample_settings(sample), "sample"))
         self.mask_token_id = mask_token_id
+        kwargs["auto_map"] = dict(AUTO_MAP)
         super().__init__(**kwargs)
 
     @classmethod
@@ -220,6 +244,13 @@ class TextDiffusionModel(PreTrainedModel):
             self._positions[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
         return self._positions[key]
 
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """``transformers``' save, plus ``textdiff_auto.py``, the module ``auto_map`` names."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            path = Path(save_directory) / f"{AUTO_MODULE}.py"
+            path.write_text(AUTO_SOURCE, encoding="utf-8")
+
     def num_flops_per_token(self, training: bool = True) -> float:
         """Matmul FLOPs per token (forward ×3 with backward), attention included."""
         cfg = self.config.model_config()
@@ -302,3 +333,22 @@ def token_ids(config: PretrainedConfig) -> dict[str, int | None]:
         "eos": config.eos_token_id,
         "mask": getattr(config, "mask_token_id", None),
     }
+
+
+def register_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModel`` load ``model_type: textdiff``. Idempotent; registers
+    with whichever of ``transformers``' Auto modules has finished importing (the other is
+    registered when it has: see ``textdiff/__init__.py``)."""
+    configs = sys.modules.get("transformers.models.auto.configuration_auto")
+    if configs is not None and hasattr(configs, "AutoConfig"):
+        configs.AutoConfig.register("textdiff", TextDiffusionConfig, exist_ok=True)
+    models = sys.modules.get("transformers.models.auto.modeling_auto")
+    if models is not None and hasattr(models, "AutoModel"):
+        models.AutoModel.register(TextDiffusionConfig, TextDiffusionModel, exist_ok=True)
+
+
+# binds the modules if one is being imported right now (then it registers when it is complete)
+import transformers.models.auto.configuration_auto  # noqa: E402, F401
+import transformers.models.auto.modeling_auto  # noqa: E402, F401
+
+register_auto_classes()

@@ -3,7 +3,8 @@
 The pipeline wires the three parts of a model: the network (:mod:`textdiff.models.modeling`),
 its forward process (built from the registry, :mod:`textdiff.diffusion.registry`) and the
 tokenizer, and runs the sampling loop (:mod:`textdiff.diffusion.loop`) batch by batch. Model
-folders are checked before any weight is read (:mod:`textdiff.models.folder`).
+folders are checked before any weight is read (:mod:`textdiff.models.folder`); hub ids, run and
+checkpoint folders are resolved to model folders by :mod:`textdiff.models.hub`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,16 @@ from .conditional import Request, prepare_request
 from .devices import autocast
 from .folder import ModelFolderError, check_model_folder
 from .modeling import model_class, process_settings, sequence_length, token_ids
+from .placement import DeviceError, current_default, default_device, resolve_device
 
-__all__ = ["TextDiffusionPipeline", "GenerationOutput", "ModelFolderError"]
+__all__ = [
+    "TextDiffusionPipeline",
+    "GenerationOutput",
+    "ModelFolderError",
+    "DeviceError",
+    "default_device",
+    "resolve_device",
+]
 
 
 @dataclass
@@ -77,21 +86,35 @@ class TextDiffusionPipeline:
         self.spec = get_process_spec(self.settings.noise)
         self.process = self.spec.build(self.settings, token_ids(model.config))
         self.seq_len = sequence_length(model.config)
+        tokenizer.model_max_length = self.seq_len  # saved with it: AutoTokenizer's length
+        self.model_card: str | None = None  # the README.md of the folder it was loaded from
         self._rounder: Rounder | None = None
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, *, device: str | torch.device = "cpu", precision: str = "auto"
+        cls,
+        name_or_path: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+        revision: str | None = None,
     ) -> TextDiffusionPipeline:
-        """Load a model folder written by :meth:`save_pretrained` or by training.
+        """Load a model folder written by :meth:`save_pretrained` or by training, a run or
+        checkpoint folder (its ``model/``), or a hub id ``namespace/name`` (downloaded once, at
+        ``revision``; offline mode uses the cache). ``device`` (``auto`` allowed; default: the
+        CPU, or the one :func:`default_device` set).
 
         Raises:
             ModelFolderError: A file is missing or unreadable, or the files do not fit together
                 (weights vs ``config.json``, tokenizer vs vocabulary size).
+            HubError: A hub id cannot be downloaded (offline, no network, no such revision).
+            DeviceError: ``device`` is unknown or not on this machine.
         """
+        from .hub import resolve_model_folder
         from .tokenization import TokenizerError, load_tokenizer
 
-        folder = Path(folder)
+        device = current_default() if device is None else resolve_device(device)
+        folder = resolve_model_folder(name_or_path, revision)
         model_type = check_model_folder(folder)
         try:
             tokenizer = load_tokenizer(str(folder))
@@ -103,12 +126,60 @@ class TextDiffusionPipeline:
                 f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "
                 f"is {model.config.vocab_size}; the folder mixes files from different runs"
             )
-        return cls(model, tokenizer, precision)
+        pipe = cls(model, tokenizer, precision)
+        card = folder / "README.md"
+        if card.is_file() and card.stat().st_size < 1 << 20:
+            pipe.model_card = card.read_text(encoding="utf-8", errors="replace")
+        return pipe
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write ``config.json``, ``model.safetensors`` and the tokenizer files."""
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs."""
+        return self.model.device
+
+    def to(self, device: str | torch.device) -> TextDiffusionPipeline:
+        """Move the network to ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``,
+        ...); returns the pipeline."""
+        self.model.to(resolve_device(device))
+        self._rounder = None
+        return self
+
+    def save_pretrained(self, folder: str | Path, *, training: dict | None = None) -> None:
+        """Write ``config.json``, ``model.safetensors``, the tokenizer files and a model card
+        (``README.md``): from ``training`` (what :func:`textdiff.models.hub.model_card` takes)
+        if given, else the card the pipeline was loaded with, else a card without training."""
+        from .hub import model_card
+
+        folder = Path(folder)
         self.model.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
+        card = self.model_card if training is None and self.model_card else None
+        card = card or model_card(self, training)
+        (folder / "README.md").write_text(card, encoding="utf-8")
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str = "Upload textdiff model",
+    ) -> str:
+        """Save the model to a temporary folder and upload it to the hub repository
+        ``repo_id`` (created if needed); returns the commit's URL.
+
+        Raises:
+            HubError: Offline mode, no network, no permission, or the hub refused.
+        """
+        import tempfile
+
+        from .hub import push_folder
+
+        with tempfile.TemporaryDirectory(prefix="textdiff-push-") as tmp:
+            self.save_pretrained(tmp)
+            options = dict(private=private, token=token, revision=revision)
+            return push_folder(Path(tmp), repo_id, commit_message=commit_message, **options)
 
     @property
     def max_steps(self) -> int | None:

@@ -191,7 +191,8 @@ def encode_rows(
     if not texts:
         return torch.full((0, seq_len), pad, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
     rows, cut = [], []
-    for row in tok(list(texts), add_special_tokens=False)["input_ids"]:
+    # verbose=False: no warning for texts longer than model_max_length, they are cut here
+    for row in tok(list(texts), add_special_tokens=False, verbose=False)["input_ids"]:
         cut.append(len(row) > seq_len - 1)
         row = row[: seq_len - 1]
         rows.append([*row, eos] + [pad] * (seq_len - 1 - len(row)))
