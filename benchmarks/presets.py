@@ -9,7 +9,7 @@ always runs at Diffusion-LM's E2E size; the presets set only its number of steps
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 MODES = ("gaussian", "mask", "ar")
 LABELS = {"gaussian": "Gaussian", "mask": "mask", "ar": "AR"}
@@ -17,26 +17,54 @@ LABELS = {"gaussian": "Gaussian", "mask": "mask", "ar": "AR"}
 
 @dataclass(frozen=True)
 class SweepLine:
-    """One curve of the sampling-steps sweep: a mode, a sampler, clamping on/off, step counts,
-    and a sampling temperature (``None``: the model's saved default)."""
+    """Candidate settings of the sampling sweep: a mode, a sampler, its step counts, clamping
+    on/off, a sampling temperature (``None``: the model's saved default) and the sampler's
+    options (``sampler_options`` of ``generate``). An AR line's steps are ``(None,)``: its
+    length sets the calls."""
 
     mode: str
     sampler: str
-    steps: tuple[int, ...]
+    steps: tuple[int | None, ...]
     clamp: bool | None = None
     temperature: float | None = None
+    sampler_options: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         clamp = " + clamp" if self.clamp else ""
         temp = "" if self.temperature is None else f" T={self.temperature:g}"
-        return f"{LABELS[self.mode]} {self.sampler}{clamp}{temp}"
+        options = describe_options(self.sampler_options)
+        return f"{LABELS[self.mode]} {self.sampler}{clamp}{temp}" + (
+            f" {options}" if options else ""
+        )
 
     @property
     def options(self) -> dict:
-        """The ``generate`` arguments this line sets besides the steps."""
+        """The ``generate`` arguments this line sets besides the steps. A diffusion sampler's
+        options are spelled out in full (``length_first`` off unless set), since ``generate``
+        merges the given options into the saved ones when the sampler is the saved one."""
         chosen = {"clamp": self.clamp, "temperature": self.temperature}
-        return {"sampler": self.sampler, **{k: v for k, v in chosen.items() if v is not None}}
+        out = {"sampler": self.sampler, **{k: v for k, v in chosen.items() if v is not None}}
+        if self.mode != "ar":
+            out["sampler_options"] = {"length_first": False, **self.sampler_options}
+        return out
+
+
+def describe_options(options: dict | None) -> str:
+    """A sampler's options as the tables show them: values first (``threshold > 0.9``,
+    ``order 1``), then ``+ 4 remask`` and ``+ length``; defaults (``length_first`` off, no
+    remasking) left out."""
+    values, extras = [], []
+    for key, value in (options or {}).items():
+        if key == "length_first":
+            extras += ["+ length"] if value else []
+        elif key == "remask_steps":
+            extras += [f"+ {value} remask"] if value else []
+        elif key == "threshold":
+            values.append(f"> {value:g}")
+        else:
+            values.append(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}")
+    return " ".join(values + sorted(extras, reverse=True))
 
 
 @dataclass(frozen=True)
@@ -69,10 +97,14 @@ class Preset:
         eval_limit: test sentences for the bound (``None``: all).
         num_t: time samples per sentence for the bound.
         eval_samples: sentences generated and scored by the evaluation.
-        eval_steps: sampling steps of the evaluation per mode (absent: the model's default).
         acc_sentences: sentences for accuracy vs t.
-        sweep_samples: sentences per point of the sweep (one batch when ≤ 64).
-        sweep: the sweep's curves.
+        sweep_samples: sentences per point of the sweep (batches of 64), and real validation
+            sentences beside them.
+        sweep: the sweep's candidate settings (every sampler of both modes, and the AR model).
+        call_budget: per diffusion mode, the most network calls (a batch of 64) a setting may
+            make to be chosen as the default.
+        reference_steps: the Gaussian target's yardstick: DDPM with this many steps at the
+            chosen setting's temperature, generated on the test split beside it.
         speed_steps: timed training steps after one warm-up step, per mode and precision (bf16
             only on CPUs with a bf16 unit; elsewhere autocast would emulate it).
         peak_sizes: per dtype, the square matmul sizes tried for the peak.
@@ -91,10 +123,11 @@ class Preset:
     eval_limit: int | None
     num_t: int
     eval_samples: int
-    eval_steps: dict[str, int]
     acc_sentences: int
     sweep_samples: int
     sweep: tuple[SweepLine, ...]
+    call_budget: dict[str, int]
+    reference_steps: int
     speed_steps: int
     peak_sizes: dict[str, tuple[int, ...]]
     rounding_quick: bool
@@ -108,13 +141,15 @@ class Preset:
 
 E2E = {"gaussian": "configs/e2e.yaml", "mask": "configs/e2e-mask.yaml", "ar": "configs/e2e-ar.yaml"}
 TINY = {
-    "gaussian": ("configs/tiny.yaml", ()),
+    "gaussian": ("configs/tiny.yaml", ("process.prediction=posterior",)),
     "mask": (
         "configs/tiny.yaml",
         ("process.noise=mask", "process.schedule=linear", "sample.sampler=ancestral"),
     ),
     "ar": ("configs/tiny.yaml", ("process.noise=autoregressive",)),
 }
+G, M, LENGTH = "gaussian", "mask", {"length_first": True}
+AR_POINTS = (SweepLine("ar", "greedy", (None,)), SweepLine("ar", "ancestral", (None,)))
 VOCABS, DIMS = (1000, 8000, 30000, 50000), (16, 64, 128)
 
 FULL = Preset(
@@ -124,18 +159,34 @@ FULL = Preset(
     eval_limit=None,
     num_t=8,
     eval_samples=500,
-    eval_steps={},
     acc_sentences=1024,
-    sweep_samples=64,
+    sweep_samples=128,
     sweep=(
-        SweepLine("gaussian", "ddpm", (10, 25, 50, 100, 200)),
-        SweepLine("gaussian", "ddpm", (50, 200), temperature=1.0),
-        SweepLine("gaussian", "ddpm", (200,), temperature=0.7),
-        SweepLine("gaussian", "ddpm", (200,), temperature=0.3),
-        SweepLine("gaussian", "ddim", (10, 25, 50, 100), clamp=False),
-        SweepLine("gaussian", "ddim", (10, 25, 50), clamp=True),
-        SweepLine("mask", "ancestral", (16, 32, 64, 128)),
+        SweepLine(G, "ddpm", (200, 50), temperature=0.3),
+        *(SweepLine(G, "ddpm", (200,), temperature=t) for t in (0.5, 1.0)),
+        SweepLine(G, "ddpm", (24,), temperature=0.3, sampler_options=LENGTH),
+        SweepLine(G, "ddim", (24,), temperature=0.3),
+        SweepLine(G, "pc", (12,), temperature=0.3),
+        *(
+            SweepLine(G, "dpm-solver", (10, 15, 24), temperature=t, sampler_options=o)
+            for t in (0.3, 0.5)
+            for o in ({}, LENGTH)
+        ),
+        *(
+            SweepLine(G, "dpm-solver", (24,), temperature=1.0, sampler_options=o)
+            for o in ({}, LENGTH)
+        ),
+        SweepLine(G, "dpm-solver-sde", (24,), temperature=0.3, sampler_options=LENGTH),
+        SweepLine(M, "ancestral", (128, 16)),
+        SweepLine(M, "ancestral", (15,), sampler_options=LENGTH),
+        SweepLine(M, "confidence", (16,)),
+        SweepLine(M, "confidence", (7, 15), sampler_options=LENGTH),
+        SweepLine(M, "confidence", (11,), sampler_options={**LENGTH, "remask_steps": 4}),
+        SweepLine(M, "threshold", (15,), sampler_options={**LENGTH, "threshold": 0.9}),
+        *AR_POINTS,
     ),
+    call_budget={"gaussian": 25, "mask": 16},
+    reference_steps=200,
     speed_steps=10,
     peak_sizes={"fp32": (512, 1024, 2048), "bf16": (512, 1024, 2048)},
     rounding_quick=False,
@@ -152,12 +203,26 @@ QUICK = replace(
     eval_limit=300,
     num_t=4,
     eval_samples=64,
-    eval_steps={"gaussian": 50, "mask": 32},
     acc_sentences=300,
+    sweep_samples=64,
     sweep=(
-        SweepLine("gaussian", "ddpm", (10, 50)),
-        SweepLine("gaussian", "ddim", (10,), clamp=False),
-        SweepLine("mask", "ancestral", (16, 64)),
+        SweepLine(G, "ddpm", (50,), temperature=0.3),
+        SweepLine(G, "ddpm", (24,), temperature=0.3, sampler_options=LENGTH),
+        SweepLine(G, "ddim", (24,), temperature=0.3),
+        SweepLine(G, "pc", (12,), temperature=0.3),
+        *(
+            SweepLine(G, "dpm-solver", (24,), temperature=0.3, sampler_options=o)
+            for o in ({}, LENGTH)
+        ),
+        SweepLine(G, "dpm-solver", (15,), temperature=0.5, sampler_options=LENGTH),
+        SweepLine(G, "dpm-solver-sde", (24,), temperature=0.3, sampler_options=LENGTH),
+        SweepLine(M, "ancestral", (16,)),
+        SweepLine(M, "ancestral", (15,), sampler_options=LENGTH),
+        SweepLine(M, "confidence", (16,)),
+        SweepLine(M, "confidence", (15,), sampler_options=LENGTH),
+        SweepLine(M, "confidence", (11,), sampler_options={**LENGTH, "remask_steps": 4}),
+        SweepLine(M, "threshold", (15,), sampler_options={**LENGTH, "threshold": 0.9}),
+        *AR_POINTS,
     ),
     speed_steps=4,
     peak_sizes={"fp32": (512, 1024, 2048), "bf16": (512, 1024, 2048)},
@@ -175,14 +240,27 @@ SMOKE = replace(
     eval_limit=40,
     num_t=2,
     eval_samples=8,
-    eval_steps={"gaussian": 10, "mask": 8},
     acc_sentences=40,
-    sweep_samples=8,
+    sweep_samples=16,
     sweep=(
-        SweepLine("gaussian", "ddpm", (5, 10)),
-        SweepLine("gaussian", "ddim", (5, 10), clamp=False),
-        SweepLine("gaussian", "ddim", (5,), clamp=True),
-        SweepLine("mask", "ancestral", (4, 8)),
+        SweepLine(G, "ddpm", (10,), temperature=0.5),
+        SweepLine(G, "ddpm", (9,), temperature=0.3, sampler_options=LENGTH),
+        SweepLine(G, "ddim", (10,), temperature=1.0),
+        SweepLine(G, "ddim", (5,), clamp=True),
+        SweepLine(G, "pc", (5,), temperature=0.3),
+        *(
+            SweepLine(G, "dpm-solver", (5, 10), temperature=0.3, sampler_options=o)
+            for o in ({}, LENGTH)
+        ),
+        SweepLine(G, "dpm-solver", (400,), temperature=0.3),  # over the tiny chain: skipped
+        SweepLine(G, "dpm-solver-sde", (10,), temperature=0.5, sampler_options=LENGTH),
+        SweepLine(M, "ancestral", (16,)),
+        SweepLine(M, "ancestral", (15,), sampler_options=LENGTH),
+        SweepLine(M, "confidence", (16,)),
+        SweepLine(M, "confidence", (7, 15), sampler_options=LENGTH),
+        SweepLine(M, "confidence", (11,), sampler_options={**LENGTH, "remask_steps": 4}),
+        SweepLine(M, "threshold", (15,), sampler_options={**LENGTH, "threshold": 0.9}),
+        *AR_POINTS,
     ),
     speed_steps=3,
     peak_sizes={"fp32": (256, 512), "bf16": (256, 512)},

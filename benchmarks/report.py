@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 from presets import LABELS
+from sampling_report import sampling_sections, sampling_targets, table
 
 GIB, MIB = 2**30, 2**20
-MATCH = 1.1  # "matched" generative perplexity: within 10 % of the AR samples' own
 MEMORY_TOLERANCE = 0.05  # generation peaks at two step counts agree within 5 %
 BUSY = 0.1  # other processes' share of the CPUs above which a stage's timings are flagged
 VS_PEER = (  # the peer stage's part, figure, format, label, goal for textdiff ÷ Diffusion-LM
@@ -21,10 +21,7 @@ VS_PEER = (  # the peer stage's part, figure, format, label, goal for textdiff �
     ("sample", "median_s", ".4f", "s / sampling step (64 sequences)", 0.5),
 )
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-BOUND_COLUMNS = (
-    "model|train steps|perplexity|NLL/token ± s.e.|sentences / tokens|gen. ppl|AR ppl of real|"
-    "distinct-2 / real|sampler, steps|s / 64"
-).split("|")
+BOUND_COLUMNS = "model|train steps|perplexity|NLL/token ± s.e.|sentences / tokens".split("|")
 
 
 def _get(d: dict | None, *keys, default=None):
@@ -78,39 +75,6 @@ def _bound_rows(r: dict) -> list[dict]:
     return rows
 
 
-def _sample_rows(r: dict) -> list[dict]:
-    ev, rows = r.get("evaluate") or {}, []
-    for mode in ("gaussian", "mask"):
-        s = _get(ev, mode, "samples") or {}
-        gen, real = s.get("generative_perplexity"), s.get("reference_perplexity_on_real")
-        n = s.get("count", "–")
-        name = f"{LABELS[mode]}: generative perplexity of {n} samples ÷ AR's on real test text"
-        if gen is None or real is None:
-            rows.append(_row(name, "–", "≤ 1.1", None))
-        else:
-            note = f"{gen:.2f} vs {real:.2f}, {s['sampler']} {s['steps']} steps"
-            best = _best_sweep(r, mode)
-            if gen / real > 1.1 and best:
-                note += (
-                    f"; best in the sweep {best['generative_perplexity']:.2f} "
-                    f"({best['label']}, {best['steps']} steps)"
-                )
-            rows.append(_row(name, f"{gen / real:.3f}", "≤ 1.1", gen / real <= 1.1, note))
-        d2, real_d2 = s.get("distinct_2"), s.get("real_distinct_2")
-        name = f"{LABELS[mode]}: distinct-2 ÷ real text's"
-        if d2 is None or not real_d2:
-            rows.append(_row(name, "–", "≥ 0.9", None))
-        else:
-            note = f"{d2:.3f} vs {real_d2:.3f}"
-            rows.append(_row(name, f"{d2 / real_d2:.3f}", "≥ 0.9", d2 / real_d2 >= 0.9, note))
-    return rows
-
-
-def _best_sweep(r: dict, mode: str) -> dict | None:
-    pts = [p for p in _get(r, "sweep", "points", default=[]) if p["mode"] == mode]
-    return min(pts, key=lambda p: p["generative_perplexity"]) if pts else None
-
-
 def _rounding_rows(r: dict) -> list[dict]:
     ev = _get(r, "evaluate", "gaussian") or {}
     acc = {float(t): a for t, a in (ev.get("acc_by_t") or {}).items()}
@@ -148,38 +112,6 @@ def _mfu_row(r: dict) -> dict:
     return _row(
         name, f"{run['fraction_of_peak']:.1%}", "≥ 60 %", run["fraction_of_peak"] >= 0.6, note
     )
-
-
-def _speed_vs_ar_row(r: dict) -> dict:
-    pts = _get(r, "sweep", "points", default=[])
-    ar = next((p for p in pts if p["mode"] == "ar"), None)
-    name = f"diffusion s / 64 sentences ≤ AR's at matched generative perplexity (≤ {MATCH}× AR's)"
-    diff = [p for p in pts if p["mode"] != "ar"]
-    if ar is None or not diff:
-        return _row(name, "–", "≤ AR", None)
-    bar = MATCH * ar["generative_perplexity"]
-    matched = [p for p in diff if p["generative_perplexity"] <= bar]
-    if not matched:
-        close = min(diff, key=lambda p: p["generative_perplexity"])
-        note = (
-            f"no diffusion setting reached {bar:.2f} (AR samples {ar['generative_perplexity']:.2f},"
-            f" {ar['seconds_per_64']:.2f} s); closest {close['generative_perplexity']:.2f} "
-            f"({close['label']}, {close['steps']} steps, {close['seconds_per_64']:.2f} s)"
-        )
-        return _row(name, "no match", "≤ AR", False, note)
-    best = min(matched, key=lambda p: p["seconds_per_64"])
-    ok = best["seconds_per_64"] <= ar["seconds_per_64"]
-    note = (
-        f"{best['label']} {best['steps']} steps: {best['seconds_per_64']:.2f} s vs AR "
-        f"{ar['seconds_per_64']:.2f} s"
-    )
-    if not ok:
-        note += (
-            f"; {best['network_calls']} network calls over the full sequence vs AR's "
-            f"{ar['network_calls']} one-position calls with cached keys/values"
-        )
-    measured = f"{best['seconds_per_64']:.2f} s vs {ar['seconds_per_64']:.2f} s"
-    return _row(name, measured, "≤ AR", ok, note)
 
 
 def _memory_rows(r: dict) -> list[dict]:
@@ -232,19 +164,12 @@ def targets(r: dict) -> list[dict]:
     """One row per target of the benchmark issue: measured figure, goal, met / missed, notes."""
     return [
         *_bound_rows(r),
-        *_sample_rows(r),
+        *sampling_targets(r),
         *_rounding_rows(r),
         _mfu_row(r),
-        _speed_vs_ar_row(r),
         *_memory_rows(r),
         *peer_targets(r.get("peer")),
     ]
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _f(x, fmt: str = ".3f") -> str:
@@ -277,7 +202,7 @@ def markdown(r: dict) -> str:
     if ev:
         rows = []
         for mode, e in ev.items():
-            b, s, tr = e["bound"], e["samples"], _get(r, "train", mode) or {}
+            b, tr = e["bound"], _get(r, "train", mode) or {}
             rows.append(
                 [
                     LABELS[mode],
@@ -285,37 +210,10 @@ def markdown(r: dict) -> str:
                     _num(b["perplexity_bound"]),
                     f"{b['nll_per_token']:.4f} ± {b['stderr_nll_per_token']:.4f}",
                     f"{b['sentences']} / {b['tokens']}",
-                    _f(s.get("generative_perplexity"), ".2f"),
-                    _f(s.get("reference_perplexity_on_real"), ".2f"),
-                    f"{s['distinct_2']:.3f} / {s['real_distinct_2']:.3f}",
-                    "KV cache" if mode == "ar" else f"{s['sampler']} {s['steps']}",
-                    f"{s['seconds_per_64']:.2f}",
                 ]
             )
-        parts += [
-            "### Test bound (AR: exact NLL) and samples",
-            table(BOUND_COLUMNS, rows),
-        ]
-    sw = r.get("sweep") or {}
-    if sw:
-        parts += [
-            f"### Sampling steps ({sw['samples']} sentences a point; real text: gen. ppl "
-            f"{sw['real_generative_perplexity']:.2f}, distinct-2 {sw['real_distinct_2']:.3f})",
-            table(
-                ["sampler", "steps", "network calls", "gen. ppl", "distinct-2", "s / 64"],
-                [
-                    [
-                        p["label"],
-                        p["steps"] or "–",
-                        p["network_calls"],
-                        f"{p['generative_perplexity']:.2f}",
-                        f"{p['distinct_2']:.3f}",
-                        f"{p['seconds_per_64']:.2f}",
-                    ]
-                    for p in sw["points"]
-                ],
-            ),
-        ]
+        parts += ["### Test bound (AR: exact NLL)", table(BOUND_COLUMNS, rows)]
+    parts += sampling_sections(r)
     sp = r.get("speed") or {}
     if sp:
         peaks = [
@@ -371,7 +269,8 @@ def markdown(r: dict) -> str:
 
         parts.append(peer_section(r["peer"]))
     parts.append(
-        "Plots: [acc_by_t.png](results/acc_by_t.png), "
+        "Plots: [quality_speed.png](results/quality_speed.png), "
+        "[acc_by_t.png](results/acc_by_t.png), "
         "[genppl_vs_steps.png](results/genppl_vs_steps.png), "
         "[training_curves.png](results/training_curves.png)."
     )

@@ -6,15 +6,19 @@ What is measured, in one run, and how:
 1. **train** — the three E2E models (``configs/e2e.yaml``, ``e2e-mask.yaml``, ``e2e-ar.yaml``)
    are trained, each by ``textdiff train --resume`` in a child process (``benchmarks/child.py``)
    that reports its own peak RSS, into ``benchmarks/work/[quick/|smoke/]<mode>/``. A finished
-   run whose ``experiment.yaml`` equals the config asked for is reused.
-2. **evaluate** — :func:`textdiff.infra.evaluation.evaluate_model` on the test split: the NLL
+   run whose ``experiment.yaml`` has the model, process, data and train settings asked for is
+   reused (its ``sample:`` defaults may differ: they do not change the weights).
+2. **sweep** — ``benchmarks/sweep.py``: every candidate sampling setting of the preset (every
+   sampler of both diffusion modes, steps, the length placed first or not, temperatures; the
+   AR model greedy and ancestral) generates sentences (after a warm-up, batches of 64) that are
+   described beside as many random real **validation** sentences: network calls, seconds per
+   64, generative perplexity under the AR model, entropy, words, distinct-2, row faults. From
+   these figures alone, each diffusion mode's default is chosen (``sweep.select``).
+3. **evaluate** — :func:`textdiff.infra.evaluation.evaluate_model` on the test split: the NLL
    bound and perplexity (exact NLL for AR), token accuracy of the denoiser vs ``t``, the
-   round-trip and margins of FAISS rounding, and samples (distinct-n, self-BLEU) scored by the
-   AR model (generative perplexity) next to the AR model's perplexity of real test sentences.
-3. **sweep** — generative perplexity, distinct-2 and seconds per 64 sentences vs sampling steps
-   for Gaussian DDPM, DDIM (with and without clamping) and mask ancestral sampling, and one point
-   for the AR model sampling with its key/value cache; timed with ``time.perf_counter`` after a
-   warm-up, one batch of up to 64 sentences at a time.
+   round-trip and margins of FAISS rounding, and samples generated with the chosen setting,
+   scored by the AR model and described as in the sweep beside as many real test sentences
+   (and, for the Gaussian model, DDPM at 200 steps and the same temperature, its target's bar).
 4. **speed** — training tokens/s of every mode over a fixed number of steps after one warm-up
    step (from the trainer's ``metrics.jsonl`` logged every step), in fp32 and, where the CPU has
    a bf16 unit, bf16 (skipped, with the reason recorded, elsewhere), times the model FLOPs per
@@ -36,7 +40,7 @@ the markdown table between the results markers of ``benchmarks/README.md``.
 Usage::
 
     .venv/bin/python benchmarks/run.py --smoke | --quick [--quick-steps N] | --full
-        [--stages train,evaluate,sweep,speed,rounding,memory,peer] [--force]
+        [--stages train,sweep,evaluate,speed,rounding,memory,peer] [--force]
 """
 
 from __future__ import annotations
@@ -61,16 +65,16 @@ from report import markdown, targets, write_readme
 from stages import (
     Context,
     StageError,
-    evaluate_stage,
     experiment,
     memory_stage,
     rounding_stage,
     speed_stage,
-    sweep_stage,
     train_stage,
+    trained_sections,
 )
+from sweep import evaluate_stage, select, sweep_stage
 
-STAGES = ("train", "evaluate", "sweep", "speed", "rounding", "memory", "peer")
+STAGES = ("train", "sweep", "evaluate", "speed", "rounding", "memory", "peer")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -189,22 +193,28 @@ def run_stages(ctx: Context, cache: Cache, selected: list[str]) -> dict:
         results = {"train": train_stage(ctx, train="train" in selected)}
     if "train" in selected:
         cache.other_load["train"] = load.share
-    results["evaluate"] = cache.get(
-        "evaluate",
-        fingerprint(
-            threads,
-            [p[k] for k in ("eval_limit", "num_t", "eval_samples", "eval_steps")],
-            p["acc_sentences"],
-            *models,
-        ),
-        lambda: evaluate_stage(ctx),
-    )
     results["sweep"] = cache.get(
         "sweep",
         fingerprint(threads, p["sweep"], p["sweep_samples"], *models),
         lambda: sweep_stage(ctx),
     )
-    configs = [experiment(ctx, m)[0].to_dict() for m in MODES]
+    results["choice"] = choice = select(results["sweep"], ctx.preset.call_budget)
+    for mode, c in choice.items():
+        point = c["point"]
+        pick = f"{point['label']}, {point['steps']} steps" if point else "its saved default"
+        ctx.log("choice", f"{mode}: {pick} (rule: {c['rule']})")
+    results["evaluate"] = cache.get(
+        "evaluate",
+        fingerprint(
+            threads,
+            [p[k] for k in ("eval_limit", "num_t", "eval_samples", "reference_steps")],
+            p["acc_sentences"],
+            choice,
+            *models,
+        ),
+        lambda: evaluate_stage(ctx, choice),
+    )
+    configs = [trained_sections(experiment(ctx, m)[0].to_dict()) for m in MODES]
     results["speed"] = cache.get(
         "speed",
         fingerprint(threads, p["speed_steps"], p["peak_sizes"], configs),

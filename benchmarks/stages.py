@@ -1,4 +1,5 @@
-"""The six stages of ``benchmarks/run.py``: train, evaluate, sweep, speed, rounding, memory.
+"""Stages of ``benchmarks/run.py``: train, speed, rounding, memory (the sweep and the evaluation
+with the settings it chooses are in ``sweep.py``, the peer stage in ``peer.py``).
 
 Each stage function takes a :class:`Context` and returns a JSON-ready dict; ``run.py`` caches it.
 Heavy work that needs its own peak memory (training, generation for the memory figures) runs in
@@ -82,12 +83,31 @@ def _train_job(path: str, overrides: list[str], *flags: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- 1. train
+TRAINED = ("model", "process", "data", "train")
+"""The sections of a run config that decide its weights (``sample:`` holds generation defaults)."""
+
+
+def trained_sections(config: dict | None) -> dict | None:
+    """The :data:`TRAINED` sections of a run config (an ``experiment.yaml`` of an earlier
+    textdiff read under today's names), ``None`` for no config."""
+    from textdiff.schema import ConfigError, from_dict
+
+    if not isinstance(config, dict):
+        return None
+    try:
+        config = from_dict(ExperimentConfig, config).to_dict()
+    except ConfigError:
+        pass
+    return {k: config.get(k) for k in TRAINED}
+
+
 def train_stage(ctx: Context, train: bool) -> dict:
     """Train (or reuse) each mode's model; return what each run did and cost.
 
-    A run is reused when ``model/`` exists and its ``experiment.yaml`` equals the config asked
-    for; a run with the same config but no model yet (interrupted) is resumed; a run with other
-    settings is replaced.
+    A run is reused when ``model/`` exists and its ``experiment.yaml`` has the model, process,
+    data and train settings asked for (the ``sample:`` section may differ: it holds generation
+    defaults, and every stage passes its sampling settings explicitly); a run with those
+    settings but no model yet (interrupted) is resumed; a run with other settings is replaced.
     """
     import yaml
 
@@ -97,10 +117,11 @@ def train_stage(ctx: Context, train: bool) -> dict:
         run = ctx.run_dir(mode)
         run_file = run / "experiment.yaml"
         saved = yaml.safe_load(run_file.read_text(encoding="utf-8")) if run_file.is_file() else None
-        done = saved == cfg.to_dict() and (ctx.model_dir(mode) / "config.json").is_file()
+        same = trained_sections(saved) == trained_sections(cfg.to_dict())
+        done = same and (ctx.model_dir(mode) / "config.json").is_file()
         report = ctx.work / "reports" / f"train-{mode}.json"
         if train and not done:
-            flag = "--resume" if saved in (None, cfg.to_dict()) else "--overwrite"
+            flag = "--resume" if saved is None or same else "--overwrite"
             what = {"--resume": "training" if saved is None else "resuming"}.get(flag, "retraining")
             ctx.log("train", f"{mode}: {what} {cfg.train.max_steps} steps in {run}")
             res = run_child(
@@ -112,7 +133,8 @@ def train_stage(ctx: Context, train: bool) -> dict:
                 raise StageError(f"training {mode} failed ({res.exit_code}):\n{tail(res.log)}")
             ctx.log("train", f"{mode}: done in {res.wall_s:.0f} s")
         elif done:
-            ctx.log("train", f"{mode}: reusing {ctx.model_dir(mode)}")
+            note = "" if saved == cfg.to_dict() else " (its sample: defaults differ; not retrained)"
+            ctx.log("train", f"{mode}: reusing {ctx.model_dir(mode)}{note}")
         elif saved is not None:
             ctx.log("train", f"{mode}: warning: {run} holds another or unfinished run")
         out[mode] = _training_info(ctx, mode, cfg, overrides, reused=done, report=report)
@@ -148,93 +170,6 @@ def _training_info(
         "curve_train": [[r["step"], r["loss"]] for r in train],
         "curve_valid": [[r["step"], r["loss"]] for r in valid if "loss" in r],
         "last_valid": {k: v for k, v in (valid[-1] if valid else {}).items() if k != "samples"},
-    }
-
-
-# -------------------------------------------------------------------------- 2. evaluate
-def evaluate_stage(ctx: Context) -> dict:
-    """``evaluate_model`` on the test split for every mode, samples scored by the AR model."""
-    from textdiff.infra.evaluation import evaluate_model
-
-    ctx.need_models(*MODES)
-    p, out = ctx.preset, {}
-    for mode in MODES:
-        start = time.perf_counter()
-        out[mode] = evaluate_model(
-            ctx.model_dir(mode),
-            split="test",
-            max_sentences=p.eval_limit,
-            num_t=p.num_t,
-            num_samples=p.eval_samples,
-            steps=p.eval_steps.get(mode),
-            seed=0,
-            reference_model=ctx.model_dir("ar"),
-            acc_sentences=p.acc_sentences,
-            progress=False,
-        )
-        out[mode]["seconds"] = time.perf_counter() - start
-        s = out[mode]["summary"]
-        ctx.log(
-            "evaluate",
-            f"{mode}: perplexity {s['perplexity_bound']}, generative perplexity "
-            f"{s.get('samples generative_perplexity')} ({out[mode]['seconds']:.0f} s)",
-        )
-    return out
-
-
-# ----------------------------------------------------------------------------- 3. sweep
-def sweep_stage(ctx: Context) -> dict:
-    """Generative perplexity, distinct-2 and seconds per 64 sentences vs sampling steps."""
-    from textdiff.infra.data import iter_texts, load_text_splits
-    from textdiff.infra.evaluation import perplexity_of_texts
-    from textdiff.infra.metrics import distinct_n
-    from textdiff.models.pipeline import TextDiffusionPipeline
-
-    ctx.need_models(*MODES)
-    n = ctx.preset.sweep_samples
-    pipes = {m: TextDiffusionPipeline.from_pretrained(ctx.model_dir(m)) for m in MODES}
-    ref = pipes["ar"]
-    data = load_config(ctx.model_dir("ar") / "experiment.yaml").data
-    real = list(iter_texts(load_text_splits(data)["test"], n))
-    for pipe in pipes.values():  # warm-up: FAISS index, first-call dispatch
-        pipe.generate(2, num_steps=2, seed=0)
-
-    def point(label: str, mode: str, steps: int | None, **options) -> dict:
-        start = time.perf_counter()
-        out = pipes[mode].generate(
-            n, num_steps=steps, seed=0, batch_size=64, return_ids=True, **options
-        )
-        seconds = time.perf_counter() - start
-        row = {
-            "label": label,
-            "mode": mode,
-            "steps": steps,
-            "network_calls": out.nfe,
-            "seconds": seconds,
-            "seconds_per_64": seconds * 64 / n,
-            "generative_perplexity": perplexity_of_texts(ref, out.texts),
-            "distinct_2": distinct_n(out.texts, 2),
-            "examples": out.texts[:3],
-        }
-        ctx.log(
-            "sweep",
-            f"{label:<22} steps {steps!s:>4}: gen. ppl {row['generative_perplexity']:8.2f}, "
-            f"distinct-2 {row['distinct_2']:.3f}, {row['seconds_per_64']:.2f} s/64",
-        )
-        return row
-
-    points = []
-    for line in ctx.preset.sweep:
-        limit = pipes[line.mode].max_steps
-        for steps in line.steps:
-            if limit is None or steps <= limit:
-                points.append(point(line.label, line.mode, steps, **line.options))
-    points.append(point("AR (KV cache)", "ar", None))
-    return {
-        "samples": n,
-        "points": points,
-        "real_generative_perplexity": perplexity_of_texts(ref, real),
-        "real_distinct_2": distinct_n(real, 2),
     }
 
 
