@@ -87,18 +87,23 @@ TRAINED = ("model", "process", "data", "train")
 """The sections of a run config that decide its weights (``sample:`` holds generation defaults)."""
 
 
-def trained_sections(config: dict | None) -> dict | None:
-    """The :data:`TRAINED` sections of a run config (an ``experiment.yaml`` of an earlier
-    textdiff read under today's names), ``None`` for no config."""
+def normalised(config: dict | None) -> dict | None:
+    """A run config (an ``experiment.yaml``, perhaps of an earlier textdiff) under today's names
+    and defaults; ``None`` for no config."""
     from textdiff.schema import ConfigError, from_dict
 
     if not isinstance(config, dict):
         return None
     try:
-        config = from_dict(ExperimentConfig, config).to_dict()
+        return from_dict(ExperimentConfig, config).to_dict()
     except ConfigError:
-        pass
-    return {k: config.get(k) for k in TRAINED}
+        return config
+
+
+def trained_sections(config: dict | None) -> dict | None:
+    """The :data:`TRAINED` sections of a run config (:func:`normalised`)."""
+    config = normalised(config)
+    return None if config is None else {k: config.get(k) for k in TRAINED}
 
 
 def train_stage(ctx: Context, train: bool) -> dict:
@@ -133,7 +138,9 @@ def train_stage(ctx: Context, train: bool) -> dict:
                 raise StageError(f"training {mode} failed ({res.exit_code}):\n{tail(res.log)}")
             ctx.log("train", f"{mode}: done in {res.wall_s:.0f} s")
         elif done:
-            note = "" if saved == cfg.to_dict() else " (its sample: defaults differ; not retrained)"
+            now, was = cfg.to_dict(), normalised(saved)
+            other = [k for k in now if was.get(k) != now[k]]  # not TRAINED: e.g. sample
+            note = f" (its {', '.join(other)} settings differ: not retrained)" if other else ""
             ctx.log("train", f"{mode}: reusing {ctx.model_dir(mode)}{note}")
         elif saved is not None:
             ctx.log("train", f"{mode}: warning: {run} holds another or unfinished run")
