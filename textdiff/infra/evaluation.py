@@ -215,6 +215,7 @@ def evaluate_model(
     steps: int | None = None,
     sampler: str | None = None,
     sampler_options: dict | None = None,
+    temperature: float | None = None,
     seed: int = 0,
     reference_model: str | Path | None = None,
     acc_sentences: int = 1024,
@@ -245,6 +246,7 @@ def evaluate_model(
     report["bound"] = nll_bound(pipe, data.ids, num_t=num_t, seed=seed, progress=progress)
     report["acc_by_t"] = _accuracy(pipe, data.batches(acc_sentences, pipe.model.device), seed)
     generation = dict(num_steps=steps, sampler=sampler, seed=seed, guidance_scale=guidance_scale)
+    generation["temperature"] = temperature
     generation["sampler_options"] = sampler_options
     from .quality import sample_quality
 

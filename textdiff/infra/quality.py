@@ -67,6 +67,7 @@ def sample_quality(
         "sampler": generation.get("sampler") or defaults.sampler,
         "steps": generation.get("num_steps") or defaults.steps,
         "options": generation.get("sampler_options") or defaults.options,
+        "temperature": generation.get("temperature") or defaults.temperature,
         "network_calls": gen.nfe,
         "network_calls_per_batch": gen.nfe / -(-num_samples // 64),
         "seconds": seconds,
