@@ -24,10 +24,12 @@ def check_training_memory(cfg: ExperimentConfig) -> None:
     gradients, AdamW moments and EMA, activations kept for backward) exceeds the machine's."""
     m, B = cfg.model, cfg.train.batch_size
     L, D, N, H = m.seq_len, m.hidden_size, m.num_layers, m.num_heads
+    L = 8 if L == "auto" else L  # settled from the data later: a lower bound here
+    d = 16 if m.embed_dim == "auto" else m.embed_dim
     F = int(m.mlp_ratio * D)
     V = cfg.data.bpe_vocab_size if cfg.data.tokenizer_kind == "bpe" else 1000  # a low guess
-    width = m.embed_dim * (2 if m.self_conditioning else 1) + m.pos_dim
-    params = N * (4 * D * D + 2 * D * F) + width * D + D * V + V * m.embed_dim
+    width = d * (2 if m.self_conditioning else 1) + m.pos_dim
+    params = N * (4 * D * D + 2 * D * F) + width * D + D * V + V * d
     parts = {
         "the weights": 4.0 * 5 * params,
         "attention": 4.0 * 3 * B * N * H * L * L,

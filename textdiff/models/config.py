@@ -15,8 +15,12 @@ class ModelConfig:
     """The denoiser network (docs/math.md §1)."""
 
     vocab_size: int = 0  # set from the tokenizer when 0
-    seq_len: int = 64  # n: every sentence is padded / truncated to this many tokens
-    embed_dim: int = 16  # d: word-table width (Diffusion-LM's E2E model uses 16)
+    # n: every sentence is padded / truncated to this many tokens; auto: the 99th percentile of
+    # the training texts' tokenized lengths + [EOS], rounded up to a multiple of 8 (logged)
+    seq_len: int | Literal["auto"] = 64
+    # d: word-table width (Diffusion-LM: 16 for E2E's 821 words, 128 for ROCStories' ~11k);
+    # auto: 16 · (V / 821)^0.8 rounded to a multiple of 8, within [16, 256] (README: own data)
+    embed_dim: int | Literal["auto"] = 16
     pos_dim: int = 32  # d_p: sinusoidal position features concatenated to the word part
     hidden_size: int = 256  # D: Transformer width
     num_layers: int = 6
@@ -34,10 +38,10 @@ class ModelConfig:
     rotary: bool = False
 
     def check(self) -> None:
+        sizes = [name for name in ("seq_len", "embed_dim") if getattr(self, name) != "auto"]
         check_positive(
             self,
-            "seq_len",
-            "embed_dim",
+            *sizes,
             "pos_dim",
             "hidden_size",
             "num_layers",
@@ -62,7 +66,7 @@ class ModelConfig:
 
     def _check_sizes(self) -> None:
         """What the positivity checks let through but no network can be built or trained with."""
-        if self.seq_len < 2:
+        if self.seq_len != "auto" and self.seq_len < 2:
             raise ConfigError(f"model.seq_len must be ≥ 2 (a word and [EOS]), got {self.seq_len}")
         if int(self.mlp_ratio * self.hidden_size) < 1:
             raise ConfigError(
@@ -72,3 +76,21 @@ class ModelConfig:
             )
         if not self.readout_scale > 0:
             raise ConfigError(f"model.readout_scale must be positive, got {self.readout_scale}")
+
+
+def auto_embed_dim(vocab_size: int) -> int:
+    """``model.embed_dim: auto``: ``16 · (V / 821)^0.8``, rounded to a multiple of 8, within
+    [16, 256] — the power law through Diffusion-LM's two choices (d = 16 for E2E's 821 words,
+    128 for ROCStories' ~11k)."""
+    d = 16 * (vocab_size / 821) ** 0.8
+    return int(min(256, max(16, 8 * round(d / 8))))
+
+
+def auto_seq_len(lengths, percentile: float = 99.0, cap: int = 1024) -> int:
+    """``model.seq_len: auto``: the ``percentile`` of the texts' token ``lengths`` plus one
+    position for [EOS], rounded up to a multiple of 8 (at most ``cap``)."""
+    ordered = sorted(lengths)
+    if not ordered:
+        return 8
+    k = min(len(ordered) - 1, max(0, int(round(percentile / 100 * len(ordered))) - 1))
+    return int(min(cap, -(-(ordered[k] + 1) // 8) * 8))
