@@ -3,6 +3,10 @@
 :func:`tokenize_split` turns an in-memory split into a :class:`TokenizedSplit` (all ids in one
 ``(N, L)`` tensor, batched in a seeded order that a resumed run can replay) and a streaming split
 into a :class:`StreamingSplit` (batches made lazily).
+
+In-memory splits are tokenized with ``datasets.map(batched=True)`` and kept in ``datasets``'
+Arrow cache when they were read from files, so a rerun reads the ids instead of tokenizing again
+(:mod:`textdiff.infra.tokencache`).
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import datasets
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
 from ..models.tokenization import encode, encode_rows
 from .data import _BATCH, DataError
+from .tokencache import cached_map, column, columns, row_features
 
 logger = logging.getLogger(__name__)
 
@@ -142,15 +148,21 @@ def tokenize_split(
     if len(ds) == 0:
         raise DataError(f"split {name!r} is empty; check its data file")
     if packing == "chunk":
-        rows = _chunk_rows(_stream_ids(tok, list(ds["text"])), seq_len, tok.pad_token_id)
-        return TokenizedSplit(rows, num_texts=len(ds))
-    parts = [
-        encode_rows(tok, ds[i : i + _BATCH]["text"], seq_len) for i in range(0, len(ds), _BATCH)
-    ]
-    cut = torch.cat([c for _, c in parts])
+        mapped = cached_map(ds, tok, name, ("chunk",), lambda b: {"ids": _stream_rows(tok, b)})
+        stream = mapped.with_format("arrow")[:].column("ids").combine_chunks().flatten()
+        stream = torch.from_numpy(np.array(stream, dtype=np.int64))
+        return TokenizedSplit(_chunk_rows(stream, seq_len, tok.pad_token_id), num_texts=len(ds))
+
+    def pad(batch: dict) -> dict:
+        ids, cut = encode_rows(tok, batch["text"], seq_len)
+        return {"ids": ids.numpy().astype(np.int32), "cut": cut.numpy()}
+
+    features = row_features(seq_len, "cut")
+    mapped = cached_map(ds, tok, name, ("pad", seq_len), pad, features)
+    ids, cut = columns(mapped, "ids", "cut")
     _log_truncation(name, int(cut.sum()), len(ds), seq_len)
-    cond = list(ds["condition"]) if "condition" in ds.column_names else None
-    return TokenizedSplit(torch.cat([ids for ids, _ in parts]), cond, int(cut.sum()), len(ds), cut)
+    cond = column(ds, "condition") if "condition" in ds.column_names else None
+    return TokenizedSplit(ids, cond, int(cut.sum()), len(ds), cut)
 
 
 def _tokenize_pairs(ds, tok, seq_len: int, packing: str, name: str, C: int) -> TokenizedSplit:
@@ -162,9 +174,17 @@ def _tokenize_pairs(ds, tok, seq_len: int, packing: str, name: str, C: int) -> T
             f"split {name!r} has no condition column; a data-to-text model "
             "(process.condition_len > 0) needs data.format: e2e (lines MR||sentence)"
         )
-    conditions = list(ds["condition"])
-    cond, cut_c = encode_rows(tok, conditions, C)  # as tokenization.encode_pairs lays them out
-    text, cut_t = encode_rows(tok, list(ds["text"]), seq_len - C)
+    conditions = column(ds, "condition")
+
+    def pairs(batch: dict) -> dict:  # as tokenization.encode_pairs lays them out
+        cond, cut_c = encode_rows(tok, batch["condition"], C)
+        text, cut_t = encode_rows(tok, batch["text"], seq_len - C)
+        ids = torch.cat([cond, text], dim=1).numpy().astype(np.int32)
+        return {"ids": ids, "cut_c": cut_c.numpy(), "cut_t": cut_t.numpy()}
+
+    features = row_features(seq_len, "cut_c", "cut_t")
+    mapped = cached_map(ds, tok, name, ("pairs", C, seq_len), pairs, features)
+    ids, cut_c, cut_t = columns(mapped, "ids", "cut_c", "cut_t")
     if cut_c.any():
         logger.warning(
             "%s: %d of %d conditions were longer than %d tokens and were truncated; raise "
@@ -173,23 +193,29 @@ def _tokenize_pairs(ds, tok, seq_len: int, packing: str, name: str, C: int) -> T
         )
     _log_truncation(name, int(cut_t.sum()), len(ds), seq_len - C)
     num_cut = int(cut_c.sum() + cut_t.sum())
-    ids = torch.cat([cond, text], dim=1)
     return TokenizedSplit(ids, conditions, num_cut, len(ds), cut_c | cut_t)
+
+
+def _stream_rows(tok: PreTrainedTokenizerFast, batch: dict) -> list[list[int]]:
+    """Each text's ids followed by [EOS] (verbose=False: long texts are expected here)."""
+    rows = tok(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
+    return [[*row, tok.eos_token_id] for row in rows]
 
 
 def _stream_ids(tok: PreTrainedTokenizerFast, texts: list[str]) -> list[int]:
     """All texts' ids concatenated, each text followed by [EOS]."""
     out: list[int] = []
     for start in range(0, len(texts), _BATCH):
-        for row in tok(texts[start : start + _BATCH], add_special_tokens=False)["input_ids"]:
-            out += [*row, tok.eos_token_id]
+        for row in _stream_rows(tok, {"text": texts[start : start + _BATCH]}):
+            out += row
     return out
 
 
-def _chunk_rows(stream: list[int], seq_len: int, pad_id: int) -> torch.Tensor:
+def _chunk_rows(stream: list[int] | torch.Tensor, seq_len: int, pad_id: int) -> torch.Tensor:
     """A token stream cut into ``(N, L)`` rows, the last one padded."""
-    stream = stream + [pad_id] * ((-len(stream)) % seq_len)
-    return torch.tensor(stream, dtype=torch.long).view(-1, seq_len)
+    stream = torch.as_tensor(stream, dtype=torch.long)
+    pad = torch.full(((-len(stream)) % seq_len,), pad_id, dtype=torch.long)
+    return torch.cat([stream, pad]).view(-1, seq_len)
 
 
 def _log_truncation(name: str, num_truncated: int, num_texts: int, seq_len: int) -> None:

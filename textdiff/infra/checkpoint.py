@@ -12,6 +12,11 @@ safetensors, the trainer state from JSON, and accelerate's optimizer / scheduler
 ``weights_only=True``. The torch RNG is restored from textdiff's own safetensors file, not only
 by accelerate (which ignores a failure to restore it).
 
+Each checkpoint also holds ``model/``, a model folder of its EMA weights (config, weights,
+tokenizer, model card), so ``TextDiffusionPipeline.from_pretrained("RUN/checkpoints/step-N")``
+loads it; resuming reads the EMA weights from it. The manifest covers the files of
+``model/`` too.
+
 The tokenizer and the final model folder are written the same way (aside, then renamed), and
 ``metrics.jsonl`` is cut back to a checkpoint's step when a run resumes from it
 (:func:`rewind_metrics`). Run folders themselves (the manifest of what textdiff wrote, the lock
@@ -52,6 +57,7 @@ from .runfolder import (  # noqa: F401 (re-exported: the trainer's run-folder ca
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+MODEL_DIR = "model"  # a checkpoint's model folder: TextDiffusionPipeline.from_pretrained loads it
 _STEP = re.compile(r"step-(\d+)")
 # what a failed write raises: OSError (plain files), SafetensorError, RuntimeError (torch.save)
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
@@ -194,6 +200,13 @@ def restore_rng_states(states: dict[str, torch.Tensor], noise_generator: torch.G
         torch.cuda.set_rng_state_all(cuda)
 
 
+def ema_file(checkpoint: Path) -> Path:
+    """Where a checkpoint keeps the EMA weights: its model folder's weights, or (checkpoints
+    written before they held a model folder) ``ema.safetensors``."""
+    inner = checkpoint / MODEL_DIR / "model.safetensors"
+    return inner if inner.is_file() else checkpoint / "ema.safetensors"
+
+
 def _step_of(checkpoint: Path) -> int:
     return int(checkpoint.name.split("-")[1])
 
@@ -228,8 +241,18 @@ class CheckpointManager:
                 logger.info("removing %s, a checkpoint whose save was interrupted", p.name)
             _remove(p)
 
-    def save(self, accelerator, ema, state: dict, rng: dict[str, torch.Tensor]) -> Path:
+    def save(
+        self,
+        accelerator,
+        ema,
+        state: dict,
+        rng: dict[str, torch.Tensor],
+        write_model: Callable[[Path], None] | None = None,
+    ) -> Path:
         """Write the checkpoint of ``state["step"]`` aside, seal it, rename it into place.
+        ``write_model(folder)`` (main rank) writes the checkpoint's model folder ``model/``
+        (the EMA weights as a loadable model, read back on resume); without it the EMA weights
+        go to ``ema.safetensors``.
 
         Raises:
             CheckpointError: A file could not be written (e.g. the disk is full); the folder
@@ -249,7 +272,9 @@ class CheckpointManager:
             accelerator.save_state(str(tmp), safe_serialization=True)
             (tmp / f"trainer_state_{rank}.json").write_text(json.dumps(state), encoding="utf-8")
             save_file(rng, str(tmp / f"rng_state_{rank}.safetensors"))
-            if accelerator.is_main_process and ema is not None:
+            if accelerator.is_main_process and write_model is not None:
+                write_model(tmp / MODEL_DIR)
+            elif accelerator.is_main_process and ema is not None:
                 save_file(
                     {k: v.contiguous() for k, v in ema.state_dict().items()},
                     str(tmp / "ema.safetensors"),
@@ -268,7 +293,7 @@ class CheckpointManager:
         """Checksum ``tmp``, record its files in the run's manifest, rename it to ``final``
         and prune: checkpoints newer than ``step`` (a timeline a resume left behind, skipped as
         unusable) and all but the newest ``keep``."""
-        sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        sums = {rel: _sha256(tmp / rel) for rel in sorted(_walk(tmp))}
         (tmp / MANIFEST).write_text(json.dumps(sums, indent=1), encoding="utf-8")
         run, prefix = RunManifest(self.root.parent), f"{self.root.name}/{final.name}/"
         run.update(add={prefix + f for f in _walk(tmp)})
@@ -333,7 +358,7 @@ class CheckpointManager:
                 try:
                     accelerator.load_state(str(path))
                     if ema is not None:
-                        ema.load_state_dict(load_file(str(path / "ema.safetensors")))
+                        ema.load_state_dict(load_file(str(ema_file(path))))
                     rank = accelerator.process_index
                     state_file = path / f"trainer_state_{rank}.json"
                     saved = json.loads(state_file.read_text(encoding="utf-8"))

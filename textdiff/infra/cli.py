@@ -1,4 +1,6 @@
-"""The ``textdiff`` command (also ``python -m textdiff``): ``train``, ``generate``, ``evaluate``.
+"""The ``textdiff`` command (also ``python -m textdiff``): ``train``, ``generate``, ``evaluate``,
+``plot``; ``textdiff --version``. This module is the argument table and the error handling; what
+each command does is :mod:`textdiff.infra.commands`.
 
 Every refusal is one line on stderr and exit code 2, never a traceback: a bad flag (checked
 like the config key it stands for), a bad config, data or model folder, a request larger than
@@ -11,16 +13,19 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import math
 import os
 import signal
 import sys
 
+from .. import __version__
 from ..errors import TextdiffError
+from .commands import cmd_evaluate, cmd_generate, cmd_plot, cmd_train
 from .config import MAX_EVAL_SAMPLES, MAX_SAMPLE_STEPS, MAX_SEED
-from .resources import OutputFile
+
+# libraries whose INFO lines are not the user's business (faiss: 8 lines about its loader)
+_QUIET_LOGGERS = ("httpx", "urllib3", "filelock", "datasets", "accelerate", "faiss")
 
 # what a path the user gave can run into on the file system: a one-line refusal, not a bug
 _PATH_ERRNOS = {
@@ -43,119 +48,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         FileNotFoundError,
         PermissionError,
     )
-
-
-def _print_metrics(record: dict) -> None:
-    for key in sorted(k for k in record if k not in ("samples", "sample_conditions")):
-        value = record[key]
-        print(f"  {key:<16} {value:.4f}" if isinstance(value, float) else f"  {key:<16} {value}")
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .trainer import train
-
-    overrides = list(args.set or [])
-    if args.output_dir:
-        overrides.append(f"train.output_dir={args.output_dir}")
-    cfg = load_config(args.config, overrides)
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    print(
-        f"trained {result.steps} steps in {result.seconds / 60:.1f} min "
-        f"({result.tokens_per_second:,.0f} tokens/s); model saved to {result.model_dir}"
-    )
-    if result.last_eval:
-        print("validation:")
-        _print_metrics(result.last_eval)
-    if args.samples < 1:
-        return 0
-    from ..models.pipeline import TextDiffusionPipeline
-
-    pipe = TextDiffusionPipeline.from_pretrained(result.model_dir)
-    conditions = result.last_eval.get("sample_conditions")  # data-to-text: validation MRs
-    n = len(conditions) if conditions else args.samples
-    texts = pipe.generate(n, seed=cfg.train.seed, condition=conditions, progress=not args.quiet)
-    print("samples:")
-    for i, text in enumerate(texts):
-        print(f"  {conditions[i]}  →  {text}" if conditions else f"  {text}")
-    return 0
-
-
-def _template(text: str | None) -> list | None:
-    """``--template`` JSON, e.g. '["The Eagle is a", 4, "."]'; checked by the pipeline."""
-    if text is None:
-        return None
-    from ..models.template import EXAMPLE, TemplateError
-
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TemplateError(
-            f"--template is not valid JSON ({e.msg}); write a JSON list, e.g. '{EXAMPLE}'"
-        ) from None
-    except RecursionError:
-        raise TemplateError(
-            f"--template nests too deeply; a template is a flat list, e.g. '{EXAMPLE}'"
-        ) from None
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from ..models.pipeline import TextDiffusionPipeline, check_generation_memory
-
-    out = OutputFile(args.out, args.overwrite) if args.out else None
-    pipe = TextDiffusionPipeline.from_pretrained(args.model_dir, precision=args.precision)
-    check_generation_memory(pipe, args.num_samples, args.batch_size, "-n")
-    texts = pipe.generate(
-        args.num_samples,
-        num_steps=args.steps,
-        sampler=args.sampler,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        clamp=args.clamp,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        sampler_options=_options(args.options),
-        progress=not args.quiet,
-        template=_template(args.template),
-        condition=args.condition,
-        guidance_scale=args.guidance,
-    )
-    if out is not None:
-        out.write("\n".join(texts) + "\n")
-        print(f"wrote {len(texts)} sentences to {out.path}")
-    else:
-        print("\n".join(texts))
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_model
-
-    out = OutputFile(args.out, args.overwrite) if args.out else None
-    report = evaluate_model(
-        args.model_dir,
-        split=args.split,
-        data_config=args.config,
-        max_sentences=args.limit,
-        num_t=args.num_t,
-        num_samples=args.samples,
-        steps=args.steps,
-        sampler=args.sampler,
-        sampler_options=_options(args.options),
-        seed=args.seed,
-        reference_model=args.reference,
-        progress=not args.quiet,
-        bleu=args.bleu,
-        references=args.references,
-        bleu_mrs=args.bleu_mrs,
-        guidance_scale=args.guidance,
-    )
-    if out is not None:
-        out.write(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {out.path}")
-    for key, value in report.get("summary", {}).items():
-        print(f"  {key:<28} {value}")
-    return 0
 
 
 def _int(low: int, high: int | None = None):
@@ -207,27 +99,15 @@ OPTION_HELP = (
     "a sampler option, repeatable, e.g. --option threshold=0.8 --option length_first=true "
     "(README: samplers)"
 )
-
-
-def _options(pairs: list[str] | None) -> dict | None:
-    """``--option KEY=VALUE`` pairs as a dict, values read as YAML (numbers, true/false)."""
-    if not pairs:
-        return None
-    import yaml
-
-    from ..schema import ConfigError
-
-    options = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--option {pair!r} must look like KEY=VALUE, e.g. threshold=0.8")
-        options[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-    return options
+DEVICE_HELP = (
+    "where the network runs: auto (a GPU when there is one: CUDA, MPS, XPU; else the CPU), cpu, "
+    "cuda, cuda:N, mps, xpu"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="textdiff", description="Text diffusion language models.")
+    p.add_argument("--version", action="version", version=f"textdiff {__version__}")
     seed, steps = _int(0, MAX_SEED), _int(1, MAX_SAMPLE_STEPS)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -245,11 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--samples", type=_int(0, MAX_EVAL_SAMPLES), default=8, help="sentences to print at the end"
     )
+    t.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write figures/ at the end (needs matplotlib: pip install 'textdiff[plot]')",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="generate sentences from a trained model folder")
-    g.add_argument("model_dir", help="a model folder (e.g. runs/e2e/model)")
+    g.add_argument(
+        "model_dir", help="a model, run or checkpoint folder (e.g. runs/e2e/model), or a hub id"
+    )
     g.add_argument("-n", "--num-samples", type=_int(1), default=8, help="sentences to generate")
     g.add_argument("--steps", type=steps, help="sampling steps (default: the model's)")
     g.add_argument("--sampler", help=SAMPLER_HELP)
@@ -288,17 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "fp32", "bf16"],
         help="auto: bf16 where the CPU/GPU has native bf16 matmuls, else fp32",
     )
+    g.add_argument("--device", default="auto", help=DEVICE_HELP)
     g.add_argument("--out", help="write the sentences to this file")
     g.add_argument("--overwrite", action="store_true", help="replace the --out file")
     g.add_argument("--quiet", action="store_true", help="no progress bars or logs")
     g.set_defaults(func=cmd_generate)
 
     e = sub.add_parser("evaluate", help="NLL bound, rounding accuracy and sample quality")
-    e.add_argument("model_dir")
-    e.add_argument("--split", default="test")
+    e.add_argument("model_dir", help="a model, run or checkpoint folder, or a hub id")
+    e.add_argument("--split", default="test", help="the data split to evaluate on (default test)")
     e.add_argument("--config", help="experiment YAML naming the data (default: the model's run)")
     e.add_argument("--out", help="write the JSON report here")
-    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--overwrite", action="store_true", help="replace the --out file")
     e.add_argument("--limit", type=_int(1), help="evaluate at most this many sentences")
     e.add_argument(
         "--num-t", type=_int(1, 10_000), default=8, help="time samples per sentence for the bound"
@@ -319,9 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--references", help="E2E release zip (default: beside the data files)")
     e.add_argument("--bleu-mrs", type=_int(1), help="score only the first N test MRs")
     e.add_argument("--guidance", type=_number(0), default=1.0, help="guidance scale (data-to-text)")
-    e.add_argument("--seed", type=seed, default=0)
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--seed", type=seed, default=0, help="seed of the bound's noise and samples")
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
+    e.add_argument("--quiet", action="store_true", help="no progress bars or logs")
     e.set_defaults(func=cmd_evaluate)
+
+    f = sub.add_parser("plot", help="training curves and accuracy by noise level, as PNGs")
+    f.add_argument("run", help="a training run's output folder (holding metrics.jsonl)")
+    f.add_argument("--out", help="write the PNGs into this folder (default: RUN/figures)")
+    f.add_argument("--quiet", action="store_true", help="no logs")
+    f.set_defaults(func=cmd_plot)
     return p
 
 
@@ -334,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    for name in ("httpx", "urllib3", "filelock", "datasets", "accelerate"):
+    for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.quiet:

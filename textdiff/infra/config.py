@@ -85,7 +85,9 @@ class TrainConfig:
     lr_decay: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = 0.1
     clip_grad: float = 1.0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 only where the CPU/GPU has it
+    # auto: bf16 only where the CPU/GPU has it; fp16 (loss scaling) on GPUs. A mixed precision
+    # other than `no` from the accelerate config or `accelerate launch` takes precedence
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     ema_decay: float = 0.999  # 0 disables EMA weights
     # torch.compile the network for training (static shapes: one compilation for the batch, one
     # for self-conditioning's half batch; worth it for runs of more than a few minutes)
@@ -96,6 +98,9 @@ class TrainConfig:
     eval_samples: int = 4  # sentences generated at each evaluation
     save_every: int = 500
     keep_checkpoints: int = 2
+    # experiment trackers beside metrics.jsonl (accelerate's): none, all, or a comma-separated
+    # list of tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio
+    report_to: str = "none"
 
     def check(self) -> None:
         check_positive(
@@ -121,10 +126,32 @@ class TrainConfig:
                 f"{self.min_lr_ratio}"
             )
         check_seed(self.seed, "train.seed")
+        trackers(self.report_to)
         if self.eval_samples > MAX_EVAL_SAMPLES:
             raise ConfigError(
                 f"train.eval_samples must be at most {MAX_EVAL_SAMPLES:,}, got {self.eval_samples}"
             )
+
+
+TRACKERS = (
+    "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio"
+)  # fmt: skip
+
+
+def trackers(report_to: str) -> list[str]:
+    """``train.report_to`` as a list of accelerate tracker names (``[]`` for ``none``)."""
+    names = [n.strip().lower() for n in report_to.split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    if "none" in names:
+        raise ConfigError(f"train.report_to: none goes alone, got {report_to!r}")
+    unknown = [n for n in names if n not in TRACKERS + ("all",)]
+    if unknown:
+        raise ConfigError(
+            f"train.report_to: {', '.join(unknown)} is not a tracker textdiff knows; write none, "
+            f"all, or a comma-separated list of {', '.join(TRACKERS)}"
+        )
+    return list(dict.fromkeys(names))
 
 
 @dataclass
@@ -144,7 +171,7 @@ class ExperimentConfig:
         spec.check_output(self.process, self.model.output)
         spec.check_sample(self.process, self.sample)
         C = self.process.condition_len
-        if C and C > self.model.seq_len - 2:
+        if C and self.model.seq_len != "auto" and C > self.model.seq_len - 2:
             raise ConfigError(
                 f"process.condition_len ({C}) leaves fewer than 2 of model.seq_len "
                 f"({self.model.seq_len}) positions for the sentence (a word and [EOS])"

@@ -65,11 +65,66 @@ def load_text_splits(
         )
     except Exception as e:
         raise _explain(cfg, e) from e
+    return _prepare_splits(dict(raw), cfg)
+
+
+DATASET_TYPES = (
+    datasets.Dataset,
+    datasets.IterableDataset,
+    datasets.DatasetDict,
+    datasets.IterableDatasetDict,
+    dict,
+)
+
+
+def text_splits(
+    cfg: DataConfig, dataset=None
+) -> dict[str, datasets.Dataset | datasets.IterableDataset]:
+    """The splits of a run: :func:`load_text_splits` of ``cfg``, or, when ``dataset`` is given,
+    its splits prepared the same way (``cfg.column``, ``format``, ``lowercase``,
+    ``max_train_samples`` apply; ``dataset`` / ``data_files`` / ``streaming`` are not read).
+
+    ``dataset`` is a ``DatasetDict`` / ``IterableDatasetDict`` (or a dict of splits) with a
+    ``"train"`` split, or a single ``Dataset`` / ``IterableDataset`` used as the training split;
+    an ``IterableDataset`` is streamed.
+
+    Raises:
+        DataError: ``dataset`` is not one of these, or a split is not in the expected shape.
+    """
+    if dataset is None:
+        return load_text_splits(cfg)
+    cfg.check()
+    if not isinstance(dataset, DATASET_TYPES):
+        raise DataError(
+            f"dataset= takes a datasets Dataset, IterableDataset, DatasetDict or "
+            f"IterableDatasetDict, not {type(dataset).__name__}"
+        )
+    single = isinstance(dataset, (datasets.Dataset, datasets.IterableDataset))
+    raw = {"train": dataset} if single else dict(dataset)
+    for split, ds in raw.items():
+        if not isinstance(ds, (datasets.Dataset, datasets.IterableDataset)):
+            raise DataError(
+                f"dataset= split {split!r} is a {type(ds).__name__}, not a datasets Dataset or "
+                "IterableDataset"
+            )
+    return _prepare_splits(raw, cfg)
+
+
+def streams(dataset) -> bool:
+    """Whether the training split of a caller's ``dataset`` is an ``IterableDataset``."""
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict, dict)):
+        dataset = dataset.get("train")
+    return isinstance(dataset, datasets.IterableDataset)
+
+
+def _prepare_splits(raw: dict, cfg: DataConfig) -> dict:
+    """Each split prepared by :func:`_prepare`; the training split cut to max_train_samples."""
     splits = {}
     for split, ds in raw.items():
         if split == "train" and cfg.max_train_samples is not None:
             n = cfg.max_train_samples
-            ds = ds.take(n) if cfg.streaming else ds.select(range(min(n, len(ds))))
+            streaming = isinstance(ds, datasets.IterableDataset)
+            ds = ds.take(n) if streaming else ds.select(range(min(n, len(ds))))
         splits[split] = _prepare(ds, split, cfg)
     return splits
 

@@ -7,9 +7,7 @@ than touched. A folder without a manifest is a run of an earlier textdiff only i
 ``experiment.yaml`` is a complete config and every file where a run writes has a name textdiff
 gives; any other folder that is not empty (a model folder, a user's files) is refused.
 
-A training process holds an exclusive ``flock`` on ``.textdiff-run.lock`` in its run folder; the
-kernel releases it on any exit (even SIGKILL), so no lock is ever stale, and a second writer is
-refused at once with the holder's PID. Without ``fcntl`` or file locks the run goes unlocked.
+A training process holds the folder's lock while it runs (:mod:`textdiff.infra.runlock`).
 """
 
 from __future__ import annotations
@@ -20,30 +18,33 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
 
-from ..errors import TextdiffError
 from ..schema import ConfigError, from_dict
 from .config import ExperimentConfig
 from .resources import check_training_memory
+from .runlock import LOCK_FILE, RunFolderError, RunLock, run_scope  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "experiment.yaml"
 MANIFEST_FILE = "textdiff-run.json"
-LOCK_FILE = ".textdiff-run.lock"
 # what textdiff writes in an output folder, with the names it writes aside before renaming
-RUN_ITEMS = (RUN_FILE, "tokenizer", "metrics.jsonl", "checkpoints", "model")
+# (logs/: the event files of train.report_to's trackers; figures/: the plots of the run)
+RUN_ITEMS = (RUN_FILE, "tokenizer", "metrics.jsonl", "checkpoints", "model", "logs", "figures")
 LEFTOVERS = (
     "experiment.tmp",
     ".tokenizer.tmp",
     ".model.tmp",
     ".metrics.jsonl.tmp",
     ".textdiff-run.json.tmp",
+    ".figures.tmp",
 )
+# what a TensorBoard tracker writes under logs/ (it may be killed before they are recorded)
+_TRACKER_FILE = re.compile(r"logs/textdiff/([0-9.]+/)?(events\.out\.tfevents\.[^/]+|hparams\.yml)")
 # checkpoint folders written aside or pruned, and the files accelerate and textdiff put in them
 _ASIDE_STEP = re.compile(r"checkpoints/\.(tmp|old)-step-\d+/.+")
 _LEGACY_CHECKPOINT = re.compile(
@@ -51,16 +52,15 @@ _LEGACY_CHECKPOINT = re.compile(
     r"rng_state|trainer_state|manifest|pytorch_model|sampler)[\w.-]*\.(safetensors|bin|pkl|json)"
 )
 _TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
-_LEGACY_FILES = {  # what an earlier textdiff wrote in tokenizer/ and model/
+_LEGACY_FILES = {  # the names textdiff gives in tokenizer/, model/ and figures/
     "tokenizer": _TOKENIZER_FILES,
     "model": {"config.json", "model.safetensors", "generation_config.json", RUN_FILE}
+    | {"README.md", "textdiff_auto.py"}
     | _TOKENIZER_FILES,
+    "figures": {"training_curves.png", "acc_by_t.png"},
 }
+_CHECKPOINT_MODEL = re.compile(r"checkpoints/(\.tmp-|\.old-)?step-\d+/model/(?P<name>[^/]+)")
 _MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
-
-
-class RunFolderError(TextdiffError, ValueError):
-    """The output folder cannot be used as asked (another run, foreign files, a live writer)."""
 
 
 # ---------------------------------------------------------------------------------- manifest
@@ -126,13 +126,16 @@ class RunManifest:
 def _is_ours(rel: str, recorded: set[str] | None) -> bool:
     """Whether textdiff wrote ``rel``: recorded, or a file it writes aside; without a manifest,
     a name an earlier textdiff gave."""
-    if rel.split("/")[0] in LEFTOVERS or _ASIDE_STEP.fullmatch(rel):
+    if rel.split("/")[0] in LEFTOVERS or _ASIDE_STEP.fullmatch(rel) or _TRACKER_FILE.fullmatch(rel):
         return True
     if recorded is not None:
         return rel in recorded
     top, _, name = rel.partition("/")
     if top in _LEGACY_FILES:
         return name in _LEGACY_FILES[top]
+    inner = _CHECKPOINT_MODEL.fullmatch(rel)  # a checkpoint's model folder
+    if inner:
+        return inner["name"] in _LEGACY_FILES["model"]
     return rel in (RUN_FILE, "metrics.jsonl") or bool(_LEGACY_CHECKPOINT.fullmatch(rel))
 
 
@@ -150,76 +153,6 @@ def _legacy_run(out: Path) -> bool:
         return False
     evidence = (out / "tokenizer" / "tokenizer.json").is_file() or (out / "metrics.jsonl").is_file()
     return evidence or any((out / "checkpoints").glob("step-*"))
-
-
-# -------------------------------------------------------------------------------------- lock
-
-_SCOPES: list[list[RunLock]] = []
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``folder/.textdiff-run.lock`` until :meth:`release` (or the
-    process's end); the file holds the holder's PID.
-
-    Raises:
-        RunFolderError: Another process holds the lock, or the folder cannot be written.
-    """
-
-    def __init__(self, folder: Path):
-        self.fd: int | None = None
-        try:
-            import fcntl
-        except ImportError:  # not POSIX
-            logger.warning("no file locks here: make sure one training process writes %s", folder)
-            return
-        try:
-            fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise RunFolderError(
-                f"cannot write to the output folder {folder} ({e.strerror}); choose a folder you "
-                "can write to (--output-dir)"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            who = "this process" if holder == str(os.getpid()) else "another training process"
-            raise RunFolderError(
-                f"{folder} is in use by {who} (PID {holder}); wait for it to end or stop it, "
-                "then run again (a stopped run goes on with --resume)"
-            ) from None
-        except OSError as e:  # a file system without locks (some network mounts)
-            os.close(fd)
-            logger.warning("cannot lock %s (%s); run one training there at a time", folder, e)
-            return
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        self.fd = fd
-        if _SCOPES:
-            _SCOPES[-1].append(self)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            os.close(fd)  # closing the only descriptor releases the flock
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter exit the kernel releases it
-            self.release()
-
-
-@contextlib.contextmanager
-def run_scope() -> Iterator[None]:
-    """Releases every run-folder lock taken inside the block when it ends, however it ends."""
-    taken: list[RunLock] = []
-    _SCOPES.append(taken)
-    try:
-        yield
-    finally:
-        _SCOPES.remove(taken)
-        for lock in taken:
-            lock.release()
 
 
 # -------------------------------------------------------------------------------- the folder

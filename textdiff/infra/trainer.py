@@ -1,10 +1,14 @@
 """Training with ``accelerate``: one process on a laptop CPU, many GPUs or nodes unchanged.
 
 ``train(cfg)`` builds the tokenizer, data, denoiser and forward process from an
-:class:`ExperimentConfig`, runs AdamW with warm-up and decay, gradient clipping and accumulation,
-optional bf16 autocast and EMA weights, validates periodically (every loss term, rounding accuracy
-of x̂_0 at several noise levels, a few samples), logs to ``metrics.jsonl`` and checkpoints so that
-``resume=True`` continues exactly where a run stopped.
+:class:`ExperimentConfig` (or, with ``dataset=``, from the caller's ``datasets`` splits), runs
+AdamW with warm-up and decay, gradient clipping and accumulation, optional bf16 / fp16 autocast
+and EMA weights, validates periodically (every loss term, rounding accuracy of x̂_0 at several
+noise levels, a few samples), logs to ``metrics.jsonl`` (and the trackers of
+``train.report_to``), checkpoints so that ``resume=True`` continues exactly where a run stopped.
+The device is the one accelerate picks (a GPU when there is one);
+mixed precision and gradient accumulation set by the accelerate config or launch flags win over
+``train.precision`` / ``train.grad_accum`` (:mod:`textdiff.infra.optimization`).
 
 Output folder::
 
@@ -13,8 +17,11 @@ Output folder::
     experiment.yaml      the resolved config (a resumed run must match it)
     tokenizer/           saved before the first step, so a resumed run reads the same one
     metrics.jsonl        one JSON object per log / evaluation
-    checkpoints/step-N/  accelerate state + EMA weights + trainer_state_R.json + rng_state_R
-    model/               the final model folder (EMA weights), for TextDiffusionPipeline
+    logs/textdiff/       TensorBoard event files (train.report_to: tensorboard)
+    checkpoints/step-N/  accelerate state + trainer_state_R.json + rng_state_R + model/ (the
+                         EMA weights as a model folder: TextDiffusionPipeline loads it)
+    model/               the final model folder (EMA weights, model card), for the pipeline
+    figures/             training_curves.png, acc_by_t.png (``textdiff train``, ``textdiff plot``)
 
 Exact resume: a run killed at any moment (even by SIGKILL) and rerun with ``resume=True`` goes on
 from its newest usable checkpoint and, on CPU with the same config, ends bit-identical to a run
@@ -32,7 +39,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -42,7 +48,6 @@ import torch
 from ..diffusion.guidance import condition_positions, drop_conditions
 from ..diffusion.registry import build_process
 from ..models.modeling import make_config, model_class, process_settings, token_ids
-from ..models.pipeline import TextDiffusionPipeline
 from .checkpoint import (
     CheckpointManager,
     StopSignals,
@@ -55,10 +60,11 @@ from .checkpoint import (
     write_folder,
 )
 from .config import ExperimentConfig
-from .data import DataError, load_text_splits
-from .evaluation import validation_terms
+from .data import DataError, streams, text_splits
 from .optimization import Denoiser, lr_lambda, make_accelerator, make_optimizer
 from .prepare import prepare_data
+from .reporting import describe_data, validation_record, write_model_folder
+from .tracking import log_record, record_logs, start_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +82,21 @@ class TrainResult:
 def train(
     cfg: ExperimentConfig,
     *,
+    dataset=None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
 ) -> TrainResult:
-    """Train the model ``cfg`` describes; returns where it was saved and the last evaluation."""
+    """Train the model ``cfg`` describes; returns where it was saved and the last evaluation.
+
+    ``dataset``: the caller's data instead of ``cfg.data``'s files — a ``datasets``
+    ``DatasetDict`` / ``IterableDatasetDict`` with a ``"train"`` split (the first of
+    ``validation`` / ``valid`` / ``test`` validates), or one ``Dataset`` / ``IterableDataset``
+    to train on; ``cfg.data``'s column, format and tokenizer settings apply
+    (:func:`textdiff.infra.data.text_splits`). Resuming needs the same data again.
+    """
     with run_scope():  # the run folder stays locked until training ends, however it ends
-        trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+        trainer = Trainer(cfg, dataset=dataset, resume=resume, overwrite=overwrite)
         tc = cfg.train
         bar = trainer.progress_bar(progress)
         with StopSignals() as stop:
@@ -92,7 +106,9 @@ def train(
                 step, last = trainer.step, trainer.step == tc.max_steps
                 bar.update(1)
                 if step % tc.log_every == 0 or last:
-                    bar.set_postfix(loss=f"{trainer.log_train()['loss']:.4f}")
+                    record = trainer.log_train()
+                    speed = f"{record['tokens_per_s']:,.0f} tokens/s"
+                    bar.set_postfix_str(f"loss={record['loss']:.4f}, {speed}")
                 if step % tc.eval_every == 0 or last:
                     trainer.evaluate()
                 if step % tc.save_every == 0 or last or interrupted:
@@ -109,12 +125,23 @@ class Trainer:
     (restoring the newest checkpoint with ``resume``), then takes optimizer steps
     (:meth:`train_step`, :meth:`after_step`), logs, evaluates, saves and finishes."""
 
-    def __init__(self, cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        *,
+        dataset=None,
+        resume: bool = False,
+        overwrite: bool = False,
+    ):
+        if streams(dataset) and not cfg.data.streaming:  # the caller's IterableDataset
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, streaming=True))
         self.cfg, self.tc, self.resume = cfg, cfg.train, resume
         self.out = Path(self.tc.output_dir)
-        self.accelerator = make_accelerator(self.tc)
+        self.accelerator = make_accelerator(self.tc, self.out / "logs")
         self.main = self.accelerator.is_main_process
-        splits = load_text_splits(cfg.data)  # bad data is refused before the folder is touched
+        self.grad_accum = self.accelerator.gradient_accumulation_steps
+        self.data_origin = describe_data(cfg, dataset)
+        splits = text_splits(cfg.data, dataset)  # bad data is refused before the folder is used
         if "train" not in splits:
             raise DataError(
                 f"the data has no 'train' split (found {sorted(splits)}); name one in "
@@ -127,11 +154,13 @@ class Trainer:
 
         set_seed(self.tc.seed + self.accelerator.process_index)
         data = prepare_data(cfg, splits, self.out, resume=resume, accelerator=self.accelerator)
-        self.tokenizer, self.train_split, self.val_split = data
+        self.tokenizer, self.train_split, self.val_split, self.data_figures = data
         self._build_model()
         self._restore()
         self.metrics_path = self.out / "metrics.jsonl"
         self.last_eval = self._rewind_metrics() if resume and self.main else {}
+        self.last_eval_step = self.step
+        start_trackers(self.accelerator, cfg.to_dict(), self.out, self.step)
         self.stream = self._batches()
         self.module.train()
         self.t0, self.tokens0 = time.perf_counter(), self.state["tokens"]
@@ -234,8 +263,8 @@ class Trainer:
     def train_step(self) -> float:
         """One optimizer step over ``grad_accum`` batches; returns its mean loss."""
         tc, acc, C = self.tc, self.accelerator, self.cfg.process.condition_len
-        step_loss = 0.0
-        for _ in range(tc.grad_accum):
+        step_loss, accum = 0.0, self.grad_accum
+        for _ in range(accum):
             epoch, index, batch = next(self.stream)
             batch, extra = batch.to(acc.device), {}
             if C:  # partial noising; condition dropout for classifier-free guidance
@@ -252,9 +281,9 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
             values = terms.floats()
             for k, v in values.items():
-                self.running[k] = self.running.get(k, 0.0) + v / tc.grad_accum
-            step_loss += values["loss"] / tc.grad_accum
-        world_batch = tc.batch_size * acc.num_processes * tc.grad_accum
+                self.running[k] = self.running.get(k, 0.0) + v / accum
+            step_loss += values["loss"] / accum
+        world_batch = tc.batch_size * acc.num_processes * accum
         self.state.update(
             step=self.step + 1,
             epoch=epoch,
@@ -280,10 +309,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging and saving
     def log(self, record: dict) -> None:
-        """Append ``record`` to ``metrics.jsonl`` (main rank)."""
+        """Append ``record`` to ``metrics.jsonl`` and send its numbers to the trackers."""
         if self.main:
             with self.metrics_path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+        log_record(self.accelerator, record)
 
     def log_train(self) -> dict:
         """Log the loss terms averaged since the last log line, the learning rate, tokens/s."""
@@ -307,32 +337,13 @@ class Trainer:
     def evaluate(self) -> dict:
         """Validation loss terms, accuracy by noise level and a few samples, on their own
         seeds (the training RNG does not move); logged and kept as :attr:`last_eval`."""
-        devices = [self.accelerator.device] if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            record = self._evaluate()
+        device = self.accelerator.device
+        devices = [device] if device.type != "cpu" else []
+        with torch.random.fork_rng(devices=devices, device_type=device.type):
+            record = validation_record(self)
         self.module.train()
         self.log({"step": self.step, "split": "valid", **record})
-        self.last_eval = record
-        return record
-
-    @torch.no_grad()
-    def _evaluate(self) -> dict:
-        tc, C = self.tc, self.cfg.process.condition_len
-        model = self.ema if self.ema is not None else self.module
-        pipe = TextDiffusionPipeline(model, self.tokenizer, precision=tc.precision)
-        record = (
-            validation_terms(pipe, self.eval_batches, seed=tc.seed) if self.eval_batches else {}
-        )
-        if tc.eval_samples:
-            steps = min(self.cfg.sample.steps, 100, pipe.max_steps or 100)
-            n, conditions = tc.eval_samples, None
-            if C:  # data-to-text: sentences for the first distinct MRs of the validation split
-                conditions = list(dict.fromkeys((self.val_split or self.train_split).cond))[:n]
-                record["sample_conditions"] = conditions
-                n = len(conditions)
-            record["samples"] = pipe.generate(
-                n, seed=tc.seed, num_steps=steps, condition=conditions
-            )
+        self.last_eval, self.last_eval_step = record, self.step
         return record
 
     def save(self) -> Path:
@@ -340,7 +351,20 @@ class Trainer:
         if not all(bool(torch.isfinite(p).all()) for p in self.module.parameters()):
             self.ckpt.diverged(f"the weights became non-finite at step {self.step}")
         state = {**self.state, "running": self.running}
-        return self.ckpt.save(self.accelerator, self.ema, state, rng_states(self.noise_gen))
+        saved = self.ckpt.save(
+            self.accelerator, self.ema, state, rng_states(self.noise_gen), self.write_model
+        )
+        record_logs(self.accelerator, self.out)
+        return saved
+
+    @property
+    def precision(self) -> str:
+        """The precision evaluation runs in: bf16 when training does, else fp32."""
+        return "bf16" if self.accelerator.mixed_precision == "bf16" else "fp32"
+
+    def write_model(self, folder: Path) -> None:
+        """The model folder of the current weights (EMA if kept), with its model card."""
+        write_model_folder(self, folder)
 
     def finish(self) -> TrainResult:
         """Evaluate if the run's last evaluation is missing, log the ranks' weight checksums,
@@ -363,13 +387,8 @@ class Trainer:
         )
         model_dir = self.out / "model"
         if self.main:
-            final = self.ema if self.ema is not None else self.module
-
-            def write_model(folder: Path) -> None:
-                TextDiffusionPipeline(final, self.tokenizer).save_pretrained(folder)
-                shutil.copyfile(self.out / "experiment.yaml", folder / "experiment.yaml")
-
-            write_folder(model_dir, write_model)
+            write_folder(model_dir, self.write_model)
+        record_logs(acc, self.out)
         acc.wait_for_everyone()
         acc.end_training()
         tokens_per_s = (self.state["tokens"] - self.tokens0) / max(seconds, 1e-9)
