@@ -1,15 +1,17 @@
-"""E2E data-to-text: train ``configs/e2e-data2text.yaml`` (or reuse the finished run) and score
-it on the E2E test set — BLEU against all references and slot error rate, beside the TGen
-baseline's BLEU of 65.93 — at one or more classifier-free guidance scales.
+"""E2E data-to-text: train each recipe (or reuse its finished run), choose its decoding on the
+validation MRs, and score it on the E2E test set — BLEU against all references and slot error
+rate — beside the autoregressive baseline and TGen's BLEU of 65.93.
 
-    .venv/bin/python benchmarks/data2text.py                      # the config's budget
-    .venv/bin/python benchmarks/data2text.py --quick              # 60 steps, 100 MRs, 50 steps
-    .venv/bin/python benchmarks/data2text.py --guidance 1 2 --mrs 630 --sample-steps 200
+    .venv/bin/python benchmarks/data2text.py                       # mask and AR recipes
+    .venv/bin/python benchmarks/data2text.py --recipes mask --reuse mask=runs/e2e-data2text-mask
+    .venv/bin/python benchmarks/data2text.py --quick               # 60 steps, 40 MRs
 
-Writes ``benchmarks/results/data2text[-quick].json``: the settings, the training budget (steps,
-pairs seen, epochs, seconds), and per guidance scale the BLEU (lowercased 13a, the E2E
-challenge protocol, and cased), slot error rate (and that of the first human reference), the
-seconds generation took and ten examples. Needs sacrebleu (``pip install -e .[bench]``).
+For every recipe (a config): the training budget (steps, pairs seen, minutes, tokens/s, CPU);
+on the first ``--valid-mrs`` unique MRs of the release's ``devset.csv``, BLEU and slot error rate
+of every decoding setting of the recipe's grid (sampler steps, classifier-free guidance scale,
+minimum-Bayes-risk over k candidates with slot coverage as the utility); the setting with the
+best validation BLEU is then scored on all 630 test MRs, with the seconds it took. Writes
+``benchmarks/results/data2text[-quick].json``. Needs sacrebleu (``pip install -e ".[bench]"``).
 """
 
 from __future__ import annotations
@@ -29,79 +31,150 @@ from textdiff.infra.e2e import TGEN_BLEU, evaluate_data2text  # noqa: E402
 from textdiff.infra.trainer import train  # noqa: E402
 from textdiff.models.pipeline import TextDiffusionPipeline  # noqa: E402
 
+RECIPES = {
+    "mask": "configs/e2e-data2text-mask.yaml",
+    "ar": "configs/e2e-data2text-ar.yaml",
+    "gaussian": "configs/e2e-data2text.yaml",
+}
+# decoding settings tried on validation: generate() arguments and MBR (k, utility)
+GRIDS = {
+    "mask": [
+        {"num_steps": 15},
+        {"num_steps": 31},
+        {"num_steps": 15, "guidance_scale": 2.0},
+        {"num_steps": 15, "mbr": 4},
+        {"num_steps": 15, "guidance_scale": 2.0, "mbr": 4},
+    ],
+    "ar": [{"sampler": "greedy"}, {"sampler": "ancestral", "mbr": 4}],
+    "gaussian": [{"num_steps": 24}, {"num_steps": 24, "guidance_scale": 2.0}],
+}
+DEV_MEMBER = "e2e-dataset/devset.csv"
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(ROOT / "configs" / "e2e-data2text.yaml"))
-    p.add_argument("--work", help="run folder (default: benchmarks/work/data2text[-quick])")
-    p.add_argument("--quick", action="store_true", help="60 training steps, 100 MRs, 50 steps")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--mrs", type=int, help="score the first N test MRs (default: all 630)")
-    p.add_argument("--sample-steps", type=int, help="sampling steps (default: the config's)")
-    p.add_argument("--guidance", type=float, nargs="+", default=[1.0])
+    p.add_argument("--recipes", default="mask,ar", help=f"comma-separated, of {sorted(RECIPES)}")
+    p.add_argument("--reuse", action="append", default=[], metavar="RECIPE=RUN_DIR")
+    p.add_argument("--quick", action="store_true", help="60 training steps, 40 MRs")
+    p.add_argument("--valid-mrs", type=int, default=200)
+    p.add_argument("--test-mrs", type=int, help="score the first N test MRs (default: all 630)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="retrain a run with other settings")
     p.add_argument("--out", help="results JSON (default: benchmarks/results/<name>.json)")
     args = p.parse_args(argv)
-
     name = "data2text-quick" if args.quick else "data2text"
-    work = Path(args.work) if args.work else ROOT / "benchmarks" / "work" / name
-    overrides = [f"train.output_dir={work}", *args.set]
-    mrs, steps = args.mrs, args.sample_steps
-    if args.quick:
-        quick = ["train.max_steps=60", "train.warmup_steps=10", "train.eval_every=60"]
-        overrides = [*quick, "train.save_every=60", *overrides]
-        mrs, steps = mrs or 100, steps or 50
-    cfg = load_config(args.config, overrides)
-    t0 = time.perf_counter()
-    result = train(cfg, resume=not args.overwrite, overwrite=args.overwrite, progress=True)
-    tc = cfg.train
-    pairs = result.steps * tc.batch_size * tc.grad_accum
-    budget = {
-        "steps": result.steps,
-        "batch_size": tc.batch_size * tc.grad_accum,
-        "pairs_seen": pairs,
-        "seq_len": cfg.model.seq_len,
-        "condition_len": cfg.process.condition_len,
-        # training time of this invocation (near 0 when a finished run was reused)
-        "train_seconds": result.seconds,
-        "tokens_per_second": result.tokens_per_second,
-        "seconds_with_data_loading": time.perf_counter() - t0,
-    }
-    pipe = TextDiffusionPipeline.from_pretrained(result.model_dir)
-    zip_path = Path(cfg.data.data_files["test"]).parent / "e2e-dataset-v1.0.0.zip"
-    scores = {}
-    for s in args.guidance:
-        report = evaluate_data2text(
-            pipe,
-            zip_path,
-            limit=mrs,
-            num_steps=steps,
-            seed=args.seed,
-            guidance_scale=s,
-            progress=True,
-        )
-        scores[f"{s:g}"] = report
-        ser, human = report["slot_error_rate"], report["reference_slot_error_rate"]
-        print(
-            f"guidance {s:g}: BLEU {report['bleu']:.2f} (TGen {TGEN_BLEU}), SER {ser:.3f} "
-            f"(first references {human:.3f}), {report['test_mrs']} MRs, {report['seconds']:.0f} s"
-        )
+    reuse = dict(item.split("=", 1) for item in args.reuse)
+    record = {"tgen_bleu": TGEN_BLEU, "machine": _machine(), "recipes": {}}
+    for recipe in args.recipes.split(","):
+        record["recipes"][recipe] = run_recipe(recipe, args, name, reuse.get(recipe))
+        _print(recipe, record["recipes"][recipe])
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "config": str(args.config),
-        "overrides": overrides,
-        "noise": cfg.process.noise,
-        "budget": budget,
-        "sample_steps": steps or cfg.sample.steps,
-        "tgen_bleu": TGEN_BLEU,
-        "by_guidance_scale": scores,
-        "machine": {"python": platform.python_version(), "processor": platform.processor()},
-    }
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {out}")
     return 0
+
+
+def run_recipe(recipe: str, args, name: str, reuse: str | None) -> dict:
+    """Train (or reuse), choose decoding on validation, score on test."""
+    work = Path(reuse) if reuse else ROOT / "benchmarks" / "work" / name / recipe
+    overrides = [f"train.output_dir={work}"]
+    if args.quick:
+        overrides += ["train.max_steps=60", "train.warmup_steps=10", "train.eval_every=60"]
+        overrides += ["train.save_every=60"]
+    cfg = load_config(ROOT / RECIPES[recipe], overrides)
+    t0 = time.perf_counter()
+    result = train(cfg, resume=True, progress=True)
+    budget = _budget(cfg, result, work, time.perf_counter() - t0)
+    pipe = TextDiffusionPipeline.from_pretrained(result.model_dir)
+    zip_path = Path(cfg.data.data_files["test"]).parent / "e2e-dataset-v1.0.0.zip"
+    valid_mrs = 40 if args.quick else args.valid_mrs
+    grid = GRIDS[recipe][:2] if args.quick else GRIDS[recipe]
+    valid = []
+    for setting in grid:
+        report = _score(pipe, zip_path, setting, args.seed, limit=valid_mrs, member=DEV_MEMBER)
+        valid.append({"setting": setting, **_figures(report)})
+        print(
+            f"  {recipe} validation {setting}: BLEU {report['bleu']:.2f}, "
+            f"SER {report['slot_error_rate']:.3f}",
+            flush=True,
+        )
+    best = max(valid, key=lambda row: row["bleu"])["setting"]
+    test_mrs = 40 if args.quick else args.test_mrs
+    test = _score(pipe, zip_path, best, args.seed, limit=test_mrs)
+    return {
+        "config": RECIPES[recipe],
+        "budget": budget,
+        "validation": valid,
+        "chosen": best,
+        "test": test,
+    }
+
+
+def _score(pipe, zip_path, setting: dict, seed: int, **kwargs) -> dict:
+    setting = dict(setting)
+    mbr = setting.pop("mbr", 1)
+    return evaluate_data2text(
+        pipe,
+        zip_path,
+        seed=seed,
+        mbr=mbr,
+        mbr_utility="slots",
+        progress=False,
+        **setting,
+        **kwargs,
+    )
+
+
+def _figures(report: dict) -> dict:
+    keys = ("bleu", "slot_error_rate", "seconds", "test_mrs")
+    return {k: report[k] for k in keys}
+
+
+def _budget(cfg, result, work: Path, seconds: float) -> dict:
+    """The training budget, read from the run's own log (a reused run took no time here)."""
+    tc = cfg.train
+    logs = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+    train_logs = [r for r in logs if r.get("split") == "train"]
+    last = train_logs[-1] if train_logs else {}
+    return {
+        "steps": result.steps,
+        "batch_size": tc.batch_size * tc.grad_accum,
+        "pairs_seen": result.steps * tc.batch_size * tc.grad_accum,
+        "epochs": result.steps * tc.batch_size * tc.grad_accum / 42061,
+        "seq_len": cfg.model.seq_len,
+        "tokens_per_second_logged": last.get("tokens_per_s"),
+        "training_minutes_logged": (
+            last["step"] * tc.batch_size * cfg.model.seq_len / last["tokens_per_s"] / 60
+            if last.get("tokens_per_s")
+            else None
+        ),
+        "seconds_this_call": seconds,
+    }
+
+
+def _machine() -> dict:
+    cpu = platform.processor()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    import torch
+
+    return {
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _print(recipe: str, r: dict) -> None:
+    t = r["test"]
+    print(
+        f"{recipe}: test BLEU {t['bleu']:.2f} (TGen {TGEN_BLEU}), SER {t['slot_error_rate']:.3f} "
+        f"(first references {t['reference_slot_error_rate']:.3f}) over {t['test_mrs']} MRs in "
+        f"{t['seconds']:.0f} s with {r['chosen']}; trained {r['budget']['steps']} steps"
+    )
 
 
 if __name__ == "__main__":

@@ -214,19 +214,21 @@ def evaluate_data2text(
     progress: bool = False,
     mbr: int = 1,
     mbr_utility: str = "bleu",
+    member: str = TEST_MEMBER,
     **generation,
 ) -> dict:
     """Generate one sentence for each E2E test MR (the first ``limit`` of them) with the
     data-to-text pipeline ``pipe`` and score them: BLEU, SER, TGen's BLEU beside (module
     docstring). ``generation``: further arguments of ``generate`` (``num_steps``, ``sampler``,
     ``sampler_options``, ``seed``, ``guidance_scale``, ...). With ``mbr`` = k > 1, k
-    candidates are generated per MR and one is kept (:func:`decode_mrs`)."""
+    candidates are generated per MR and one is kept (:func:`decode_mrs`). ``member``: the CSV
+    of the release zip to read (``e2e-dataset/devset.csv`` for the validation MRs)."""
     if pipe.condition_len == 0:
         raise ValueError(
             "E2E BLEU needs a data-to-text model (process.condition_len > 0); this one is "
             "unconditional"
         )
-    pairs = read_references(references)[:limit]
+    pairs = read_references(references, member)[:limit]
     mrs = [mr for mr, _ in pairs]
     t0 = time.perf_counter()
     texts = decode_mrs(
