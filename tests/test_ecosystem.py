@@ -156,6 +156,14 @@ def test_a_saved_config_names_its_classes_for_remote_code(model_dir, tmp_path):
     assert out.split() == ["textdiff.models.modeling", "TextDiffusionModel", "True"]
 
 
+def test_the_saved_length_adds_no_transformers_warning(model_dir):
+    long = json.dumps([" ".join(["the"] * 40), 2])  # refused by textdiff's own check, alone
+    args = ["-m", "textdiff", "generate", str(model_dir), "-n", "1", "--template", long]
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "more than the 32 the model generates" in proc.stderr
+
+
 def test_a_model_folder_has_a_model_card(model_dir):
     card = (model_dir / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: textdiff\n")

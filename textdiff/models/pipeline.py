@@ -29,6 +29,7 @@ from .devices import autocast
 from .folder import ModelFolderError, check_model_folder
 from .modeling import model_class, process_settings, sequence_length, token_ids
 from .placement import DeviceError, current_default, default_device, resolve_device
+from .tokenization import fit_to_model
 
 __all__ = [
     "TextDiffusionPipeline",
@@ -86,7 +87,7 @@ class TextDiffusionPipeline:
         self.spec = get_process_spec(self.settings.noise)
         self.process = self.spec.build(self.settings, token_ids(model.config))
         self.seq_len = sequence_length(model.config)
-        tokenizer.model_max_length = self.seq_len  # saved with it: AutoTokenizer's length
+        fit_to_model(tokenizer, self.seq_len)
         self.model_card: str | None = None  # the README.md of the folder it was loaded from
         self._rounder: Rounder | None = None
 

@@ -151,6 +151,14 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
     return tok
 
 
+def fit_to_model(tok: PreTrainedTokenizerFast, seq_len: int) -> None:
+    """Give ``tok`` the length of its model (``model_max_length``, saved with it, is what
+    ``AutoTokenizer`` users see). textdiff cuts and checks lengths itself, so transformers'
+    warning about texts longer than that is turned off for ``tok``."""
+    tok.model_max_length = seq_len
+    tok.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+
 def _looks_like_path(name: str) -> bool:
     """A hub name is ``name`` or ``namespace/name``; anything else is meant as a folder."""
     return (
