@@ -25,6 +25,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     _quiet_transformers()
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if not result.main_process:  # one report, one figures folder, one set of samples
+        return 0
     print(
         f"trained {result.steps} steps in {result.seconds / 60:.1f} min "
         f"({result.tokens_per_second:,.0f} tokens/s); model saved to {result.model_dir}"

@@ -60,17 +60,30 @@ def make_accelerator(tc, logging_dir: Path | None = None):
     from accelerate.utils import ProjectConfiguration, parse_flag_from_env
 
     names = available_trackers(tc.report_to)
-    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not _accelerator_present()
+    device = PartialState(cpu=cpu).device  # on a CPU-only machine, several ranks use gloo
     project = None
     if logging_dir is not None:
         project = ProjectConfiguration(
             project_dir=str(logging_dir.parent), logging_dir=str(logging_dir)
         )
     return Accelerator(
+        cpu=cpu,
         mixed_precision=run_precision(tc.precision, device),
         gradient_accumulation_steps=accumulation_steps(tc.grad_accum),
         log_with=names or None,
         project_config=project,
+    )
+
+
+def _accelerator_present() -> bool:
+    """A GPU-like device torch can use (CUDA, MPS or XPU); without one, accelerate must be told
+    ``cpu=True`` or a multi-process launch runs every rank alone."""
+    xpu = getattr(torch, "xpu", None)
+    return (
+        torch.cuda.is_available()
+        or torch.backends.mps.is_available()
+        or bool(xpu is not None and xpu.is_available())
     )
 
 

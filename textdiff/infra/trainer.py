@@ -77,6 +77,7 @@ class TrainResult:
     seconds: float
     tokens_per_second: float
     last_eval: dict[str, float]
+    main_process: bool = True  # False on the other ranks of a multi-process launch
 
 
 def train(
@@ -392,4 +393,6 @@ class Trainer:
         acc.wait_for_everyone()
         acc.end_training()
         tokens_per_s = (self.state["tokens"] - self.tokens0) / max(seconds, 1e-9)
-        return TrainResult(self.out, model_dir, self.step, seconds, tokens_per_s, self.last_eval)
+        return TrainResult(
+            self.out, model_dir, self.step, seconds, tokens_per_s, self.last_eval, self.main
+        )
