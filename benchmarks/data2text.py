@@ -55,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipes", default="mask,ar", help=f"comma-separated, of {sorted(RECIPES)}")
     p.add_argument("--reuse", action="append", default=[], metavar="RECIPE=RUN_DIR")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="RECIPE:KEY=VALUE",
+        help="a config override for one recipe, e.g. ar:train.max_steps=3000",
+    )
     p.add_argument("--quick", action="store_true", help="60 training steps, 40 MRs")
     p.add_argument("--valid-mrs", type=int, default=200)
     p.add_argument("--test-mrs", type=int, help="score the first N test MRs (default: all 630)")
@@ -63,21 +70,27 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     name = "data2text-quick" if args.quick else "data2text"
     reuse = dict(item.split("=", 1) for item in args.reuse)
-    record = {"tgen_bleu": TGEN_BLEU, "machine": _machine(), "recipes": {}}
-    for recipe in args.recipes.split(","):
-        record["recipes"][recipe] = run_recipe(recipe, args, name, reuse.get(recipe))
-        _print(recipe, record["recipes"][recipe])
+    overrides: dict[str, list[str]] = {}
+    for item in args.set:
+        recipe, _, override = item.partition(":")
+        overrides.setdefault(recipe, []).append(override)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    earlier = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    record = {"tgen_bleu": TGEN_BLEU, "recipes": earlier.get("recipes", {})}
+    for recipe in args.recipes.split(","):
+        result = run_recipe(recipe, args, name, reuse.get(recipe), overrides.get(recipe, []))
+        record["recipes"][recipe] = {**result, "machine": _machine()}
+        _print(recipe, record["recipes"][recipe])
+        out.parent.mkdir(parents=True, exist_ok=True)  # each recipe kept as soon as it is done
+        out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {out} (recipes run earlier and not rerun are kept)")
     return 0
 
 
-def run_recipe(recipe: str, args, name: str, reuse: str | None) -> dict:
+def run_recipe(recipe: str, args, name: str, reuse: str | None, extra: list[str]) -> dict:
     """Train (or reuse), choose decoding on validation, score on test."""
     work = Path(reuse) if reuse else ROOT / "benchmarks" / "work" / name / recipe
-    overrides = [f"train.output_dir={work}"]
+    overrides = [f"train.output_dir={work}", *extra]
     if args.quick:
         overrides += ["train.max_steps=60", "train.warmup_steps=10", "train.eval_every=60"]
         overrides += ["train.save_every=60"]
@@ -103,6 +116,7 @@ def run_recipe(recipe: str, args, name: str, reuse: str | None) -> dict:
     test = _score(pipe, zip_path, best, args.seed, limit=test_mrs)
     return {
         "config": RECIPES[recipe],
+        "overrides": extra,
         "budget": budget,
         "validation": valid,
         "chosen": best,

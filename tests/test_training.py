@@ -54,6 +54,10 @@ def test_training_logs_every_term_and_saves_a_model_folder(trained):
     assert len(valid[-1]["samples"]) == 2
     final = logs[-1]
     assert final["split"] == "final" and final["world_size"] == 1 and final["ranks_in_sync"]
+    assert 0 < final["table_roundtrip"] <= 1 and final["table_margin_min"] >= 0
+    data = [r for r in logs if r["split"] == "data"]
+    assert data[0]["step"] == 0 and data[0]["seq_len"] == load_config(TINY).model.seq_len
+    assert 0 <= data[0]["unk_share"] < 1 and data[0]["vocab_size"] > 4
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (trained.model_dir / name).is_file()
     assert not list(trained.model_dir.glob("*.bin"))

@@ -103,6 +103,25 @@ class Rounder:
         d = d2.clamp(min=0).sqrt()
         return (d[:, 1] - d[:, 0]).reshape(x.shape[:-1])
 
+    def table_figures(self) -> dict[str, float]:
+        """How well the indexed rows stay apart: ``roundtrip`` (share of rows that round to
+        themselves), and the distance from each row to its nearest other row (``margin_min``,
+        ``margin_p01``, ``margin_median``). Rows that collapse onto each other cannot be told
+        apart by rounding: the round-trip falls below 1 and the minimum margin to 0."""
+        V = self._weight.shape[0]
+        d2, ids = self.search(self._weight, k=min(2, V))
+        roundtrip = float((ids[:, 0] == torch.arange(V)).float().mean())
+        if V < 2:
+            return {"roundtrip": roundtrip}
+        # a row's own distance is 0 (ids[:, 0] is itself, or a duplicate of it)
+        margin = d2[:, 1].clamp(min=0).sqrt()
+        return {
+            "roundtrip": roundtrip,
+            "margin_min": float(margin.min()),
+            "margin_p01": float(margin.quantile(0.01)),
+            "margin_median": float(margin.median()),
+        }
+
 
 @torch.no_grad()
 def torch_nearest(

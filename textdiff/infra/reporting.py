@@ -1,10 +1,12 @@
-"""What a training run reports about itself: its validation record at each evaluation, and the
-model folders it writes (final and in every checkpoint) with their model cards
-(:func:`textdiff.models.hub.model_card`): the data in a line, steps, tokens, the last evaluation.
+"""What a training run reports about itself: its validation record at each evaluation, the word
+table's separation at the end (Gaussian models), and the model folders it writes (final and in
+every checkpoint) with their model cards (:func:`textdiff.models.hub.model_card`): the data in a
+line, steps, tokens, the last evaluation.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import torch
 from ..models.pipeline import TextDiffusionPipeline
 from .config import ExperimentConfig
 from .evaluation import validation_terms
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -35,6 +39,32 @@ def validation_record(trainer) -> dict:
             n = len(conditions)
         record["samples"] = pipe.generate(n, seed=tc.seed, num_steps=steps, condition=conditions)
     return record
+
+
+def word_table_record(trainer) -> dict:
+    """For models that round to a word table (Gaussian mode): the share of rows that round to
+    themselves and the distance of each row to its nearest other row (logged; a round-trip below
+    100% is warned about, naming the knob). Empty for other models."""
+    model = trainer.ema if trainer.ema is not None else trainer.module
+    rounder = TextDiffusionPipeline(model, trainer.tokenizer).rounder
+    if rounder is None:
+        return {}
+    figures = {f"table_{k}": v for k, v in rounder.table_figures().items()}
+    logger.info(
+        "word table: %.2f%% of %d rows round to themselves; nearest other row at least %.3g "
+        "away (median %.3g)",
+        100 * figures["table_roundtrip"],
+        len(rounder.weight),
+        figures.get("table_margin_min", float("nan")),
+        figures.get("table_margin_median", float("nan")),
+    )
+    if figures["table_roundtrip"] < 1:
+        logger.warning(
+            "%d word-table rows do not round to themselves: rounding cannot tell those words "
+            "apart; raise model.embed_dim or train longer",
+            round((1 - figures["table_roundtrip"]) * len(rounder.weight)),
+        )
+    return figures
 
 
 def write_model_folder(trainer, folder: Path) -> None:

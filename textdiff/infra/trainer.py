@@ -63,7 +63,12 @@ from .config import ExperimentConfig
 from .data import DataError, streams, text_splits
 from .optimization import Denoiser, lr_lambda, make_accelerator, make_optimizer
 from .prepare import prepare_data
-from .reporting import describe_data, validation_record, write_model_folder
+from .reporting import (
+    describe_data,
+    validation_record,
+    word_table_record,
+    write_model_folder,
+)
 from .tracking import log_record, record_logs, start_trackers
 
 logger = logging.getLogger(__name__)
@@ -162,6 +167,7 @@ class Trainer:
         self.last_eval = self._rewind_metrics() if resume and self.main else {}
         self.last_eval_step = self.step
         start_trackers(self.accelerator, cfg.to_dict(), self.out, self.step)
+        self.log({"step": self.step, "split": "data", **self.data_figures})
         self.stream = self._batches()
         self.module.train()
         self.t0, self.tokens0 = time.perf_counter(), self.state["tokens"]
@@ -384,6 +390,7 @@ class Trainer:
                 "world_size": acc.num_processes,
                 "param_checksums": sums,
                 "ranks_in_sync": len(set(sums)) == 1,
+                **(word_table_record(self) if self.main else {}),
             }
         )
         model_dir = self.out / "model"
