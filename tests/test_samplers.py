@@ -145,6 +145,38 @@ def test_length_first_draws_the_length_from_the_models_eos_distribution():
     assert ((out.ids == PAD) == (pos > ends[:, None])).all()  # [PAD] exactly after [EOS]
 
 
+def test_length_first_places_the_sentence_length_after_a_condition_ending_in_eos():
+    """Data-to-text: the condition's own [EOS] (held, never noised) is not the sentence's; the
+    sentence's [EOS] is still placed from the model's distribution, and [PAD] follows it."""
+    from textdiff.diffusion.base import Known
+    from textdiff.diffusion.guidance import condition_positions
+
+    class EndsAtSix(Knows):
+        def __call__(self, x, t):
+            self.calls += 1
+            out = torch.zeros(*x.shape[:2], V + 1)
+            out[:, :, EOS] = -1e4
+            out[:, 6, EOS] = 1e4  # the sentence ends at position 6 (3 words after the condition)
+            return out
+
+    B, L, C = 8, 10, 3
+    cond = torch.full((B, L), MASK)
+    cond[:, :C] = torch.tensor([4, 5, EOS])  # a two-word condition and its [EOS]
+    known = Known(cond, condition_positions(B, L, C), condition_positions(B, L, C))
+    out = mask_process().sample(
+        EndsAtSix(None),
+        (B, L),
+        steps=4,
+        sampler="confidence",
+        length_first=True,
+        known=known,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert (out.ids[:, :C] == cond[:, :C]).all()
+    assert (out.ids[:, 6] == EOS).all() and (out.ids[:, 7:] == PAD).all()
+    assert not ((out.ids[:, C:6] == EOS) | (out.ids[:, C:6] == PAD)).any()
+
+
 def test_remasking_costs_exactly_its_extra_calls():
     ids = sentences()
     runs = {}

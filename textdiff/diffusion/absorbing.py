@@ -137,7 +137,7 @@ class MaskProcess(ForwardProcess):
         held = torch.zeros(shape, dtype=torch.bool, device=device)
         held_ids = torch.full(shape, self.mask_id, dtype=torch.long, device=device)
         if run.known is not None:
-            held, held_ids = run.known.mask.to(device), run.known.ids.to(device)
+            held, held_ids = run.known.mask.to(device).clone(), run.known.ids.to(device).clone()
         run.memory.update(held=held, held_ids=held_ids)
         run.memory["confidence"] = torch.full(shape, float("inf"), dtype=torch.float64)
         return torch.full(shape, self.mask_id, dtype=torch.long, device=device)

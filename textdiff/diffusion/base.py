@@ -175,16 +175,22 @@ class Sampler:
                     yield s, s, partial(self.corrector, after=t)
 
 
-def place_length(process, p_eos: Tensor, held: Tensor, held_ids: Tensor, noise) -> None:
+def place_length(
+    process, p_eos: Tensor, held: Tensor, held_ids: Tensor, noise, condition: Tensor | None = None
+) -> None:
     """Draw each row's [EOS] position from ``p_eos`` (B, L) over its free (not ``held``)
     positions and hold [EOS] there and [PAD] after it (``held`` and ``held_ids`` are updated in
     place). The model's probabilities of [EOS] at each position of an all-noise input are its
-    distribution of the sentence length (one [EOS] per sentence). Rows that already hold an
-    [EOS] (a template) keep theirs."""
+    distribution of the sentence length (one [EOS] per sentence). Rows whose sentence already
+    holds an [EOS] (a template) keep theirs; the [EOS] that ends a data-to-text condition
+    (``condition``, (B, L) bool: the condition's positions) is not the sentence's."""
     if process.eos_id is None or process.pad_id is None:
         raise ValueError("length_first needs the process's [EOS] and [PAD] ids (pad_id, eos_id)")
     p_eos = p_eos.double().masked_fill(held, 0.0)
-    todo = ~(held & (held_ids == process.eos_id)).any(1) & (p_eos.sum(1) > 0)
+    has_eos = held & (held_ids == process.eos_id)
+    if condition is not None:
+        has_eos &= ~condition.to(has_eos.device)
+    todo = ~has_eos.any(1) & (p_eos.sum(1) > 0)
     if not todo.any():
         return
     rows = torch.arange(len(held), device=held.device)[todo]

@@ -94,8 +94,8 @@ def length_step(process, x: Tensor, x0_hat: Tensor, t, s, run: Run) -> tuple[Ten
     ids = known.ids.clone().to(device) if known else torch.zeros_like(empty, dtype=torch.long)
     words = run.memory.pop("words")
     run.memory["length_pending"] = False
-    place_length(process, words[..., process.eos_id], held, ids, run.noise)
     clean = known.clean if known is not None else None
+    place_length(process, words[..., process.eos_id], held, ids, run.noise, clean)
     run.known = Known(ids, held, clean)
     run.memory["x0_known"] = run.model.embed(ids.to(run.model.device)).float()
     ban = torch.zeros(words.shape[-1], dtype=torch.bool, device=device)
