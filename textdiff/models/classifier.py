@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .config import ModelConfig
-from .modeling import Block, sinusoidal, sinusoidal_angles
+from .modeling import Block, init_weights, sinusoidal, sinusoidal_angles
 
 
 class LatentClassifierConfig(PretrainedConfig):
@@ -79,15 +79,8 @@ class LatentClassifier(PreTrainedModel):
             )
         return self.config.labels.index(label)
 
-    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, 0.02)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+        init_weights(module)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         """Logits (B, K) for latents ``x_t`` (B, L, d) at times ``t`` (B,) in [0, 1]."""

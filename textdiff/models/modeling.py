@@ -68,6 +68,21 @@ __all__ = ["TextDiffusionConfig", "TextDiffusionModel"]
 '''
 
 
+@torch.no_grad()
+def init_weights(module: nn.Module) -> None:
+    """textdiff's initialisation (the denoiser's and the latent classifier's): linear layers
+    N(0, 0.02) with zero bias, word rows N(0, 1) (unit scale, as Diffusion-LM), LayerNorm 1 / 0."""
+    if isinstance(module, nn.Linear):
+        module.weight.normal_(0.0, 0.02)
+        if module.bias is not None:
+            module.bias.zero_()
+    elif isinstance(module, nn.Embedding):
+        module.weight.normal_(0.0, 1.0)
+    elif isinstance(module, nn.LayerNorm):
+        module.weight.fill_(1.0)
+        module.bias.zero_()
+
+
 class TextDiffusionConfig(PretrainedConfig):
     """Saved as ``config.json``: the network (:class:`ModelConfig` fields), the forward process
     (``process``), generation defaults (``sample``), the special token ids and ``auto_map``."""
@@ -171,17 +186,8 @@ class TextDiffusionModel(PreTrainedModel):
         self._positions: dict[tuple, Tensor | tuple[Tensor, Tensor]] = {}
         self.post_init()
 
-    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, 0.02)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, 1.0)  # unit-scale rows, as Diffusion-LM
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+        init_weights(module)
 
     def positions(self, length: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """The fixed sinusoidal position part ``e`` (L, d_p); never noised, never trained."""
