@@ -63,12 +63,7 @@ from .config import ExperimentConfig
 from .data import DataError, streams, text_splits
 from .optimization import Denoiser, lr_lambda, make_accelerator, make_optimizer
 from .prepare import prepare_data
-from .reporting import (
-    describe_data,
-    validation_record,
-    word_table_record,
-    write_model_folder,
-)
+from .reporting import describe_data, validation_record, word_table_record, write_model_folder
 from .tracking import log_record, record_logs, start_trackers
 
 logger = logging.getLogger(__name__)
