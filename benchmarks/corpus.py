@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="60 steps, 32 samples")
     p.add_argument("--reuse", action="append", default=[], metavar="MODE=RUN_DIR")
+    p.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="comma-separated, of ar, gaussian, mask; the AR model must be trained (or "
+        "listed) first: it scores the samples. Results of modes run earlier are kept.",
+    )
     p.add_argument("--valid-samples", type=int, default=128)
     p.add_argument("--test-samples", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -71,18 +77,28 @@ def main(argv: list[str] | None = None) -> int:
     name = "corpus-quick" if args.quick else "corpus"
     reuse = dict(item.split("=", 1) for item in args.reuse)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{name}.json"
-    record: dict = {"config": str(CONFIG.relative_to(ROOT)), "machine": _machine(), "modes": {}}
-    reference = None
-    for mode in MODES:  # the AR model first: it scores the samples
+    modes = [m for m in MODES if m in args.modes.split(",")]  # the AR model first
+    ar = Path(reuse.get("ar", ROOT / "benchmarks" / "work" / name / "ar"))
+    reference = None if "ar" in modes else str(ar / "model")
+    for mode in modes:
         work = Path(reuse.get(mode, ROOT / "benchmarks" / "work" / name / mode))
-        result = run_mode(mode, work, args, reference)
+        result = {**run_mode(mode, work, args, reference), "machine": _machine()}
         reference = reference or str(work / "model")
-        record["modes"][mode] = result
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        record = _merge(out, mode, result)
     print_table(record["modes"])
     print(f"wrote {out}")
     return 0
+
+
+def _merge(out: Path, mode: str, result: dict) -> dict:
+    """Write ``result`` as ``mode``'s into ``out``, keeping the other modes' (read anew: another
+    process may run other modes)."""
+    record = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    record.setdefault("config", str(CONFIG.relative_to(ROOT)))
+    record.setdefault("modes", {})[mode] = result
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return record
 
 
 def run_mode(mode: str, work: Path, args, reference: str | None) -> dict:

@@ -48,6 +48,7 @@ GRIDS = {
         {"num_steps": 31, "temperature": 0.1},
         {"num_steps": 31, "temperature": 0.5, "mbr": 4},
         {"num_steps": 31, "temperature": 0.5, "guidance_scale": 1.5, "mbr": 4},
+        {"num_steps": 31, "temperature": 0.5, "guidance_scale": 2.0, "mbr": 8},
     ],
     "ar": [{"sampler": "greedy"}, {"sampler": "ancestral", "mbr": 4}],
     "gaussian": [{"num_steps": 24}, {"num_steps": 24, "guidance_scale": 2.0}],
