@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {**run_mode(mode, work, args, reference), "machine": _machine()}
         reference = reference or str(work / "model")
         record = _merge(out, mode, result)
-    print_table(record["modes"])
+    if "ar" in record["modes"]:  # the ratios need the AR model's perplexity
+        print_table(record["modes"])
     print(f"wrote {out}")
     return 0
 
