@@ -85,8 +85,9 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def records(run: Path) -> list[tuple[int, str]]:
+    """The training records (not the first line's data figures)."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [(r["step"], r["split"]) for r in map(json.loads, lines)]
+    return [(r["step"], r["split"]) for r in map(json.loads, lines) if r["split"] != "data"]
 
 
 # ------------------------------------------------------------------------------- data loss

@@ -75,8 +75,10 @@ def cli_args(out: Path, *extra: str) -> list[str]:
 
 
 def records(run: Path) -> list[dict]:
+    """The training records (not the first line's data figures), wall-clock speed left out."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k != "tokens_per_s"} for x in lines]
+    rows = [{k: v for k, v in json.loads(x).items() if k != "tokens_per_s"} for x in lines]
+    return [r for r in rows if r["split"] != "data"]
 
 
 def newest_weights(run: Path) -> dict[str, torch.Tensor]:

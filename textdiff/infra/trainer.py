@@ -6,9 +6,9 @@ AdamW with warm-up and decay, gradient clipping and accumulation, optional bf16 
 and EMA weights, validates periodically (every loss term, rounding accuracy of x̂_0 at several
 noise levels, a few samples), logs to ``metrics.jsonl`` (and the trackers of
 ``train.report_to``), checkpoints so that ``resume=True`` continues exactly where a run stopped.
-The device is the one accelerate picks (a GPU when there is one);
-mixed precision and gradient accumulation set by the accelerate config or launch flags win over
-``train.precision`` / ``train.grad_accum`` (:mod:`textdiff.infra.optimization`).
+The device is the one accelerate picks (a GPU when there is one); mixed precision and gradient
+accumulation from the accelerate config or launch flags win over ``train.precision`` /
+``train.grad_accum`` (:mod:`textdiff.infra.optimization`).
 
 Output folder::
 
@@ -16,7 +16,7 @@ Output folder::
     .textdiff-run.lock   held while a trainer runs (infra/runfolder.py)
     experiment.yaml      the resolved config (a resumed run must match it)
     tokenizer/           saved before the first step, so a resumed run reads the same one
-    metrics.jsonl        one JSON object per log / evaluation
+    metrics.jsonl        the data figures, then one JSON object per log / evaluation
     logs/textdiff/       TensorBoard event files (train.report_to: tensorboard)
     checkpoints/step-N/  accelerate state + trainer_state_R.json + rng_state_R + model/ (the
                          EMA weights as a model folder: TextDiffusionPipeline loads it)
@@ -162,7 +162,8 @@ class Trainer:
         self.last_eval = self._rewind_metrics() if resume and self.main else {}
         self.last_eval_step = self.step
         start_trackers(self.accelerator, cfg.to_dict(), self.out, self.step)
-        self.log({"step": self.step, "split": "data", **self.data_figures})
+        if self.step == 0:  # a resumed run has its data line already
+            self.log({"step": 0, "split": "data", **self.data_figures})
         self.stream = self._batches()
         self.module.train()
         self.t0, self.tokens0 = time.perf_counter(), self.state["tokens"]
@@ -395,6 +396,5 @@ class Trainer:
         acc.wait_for_everyone()
         acc.end_training()
         tokens_per_s = (self.state["tokens"] - self.tokens0) / max(seconds, 1e-9)
-        return TrainResult(
-            self.out, model_dir, self.step, seconds, tokens_per_s, self.last_eval, self.main
-        )
+        result = (self.out, model_dir, self.step, seconds, tokens_per_s, self.last_eval)
+        return TrainResult(*result, main_process=self.main)
