@@ -46,9 +46,10 @@ def word_table_record(trainer) -> dict:
     themselves and the distance of each row to its nearest other row (logged; a round-trip below
     100% is warned about, naming the knob). Empty for other models."""
     model = trainer.ema if trainer.ema is not None else trainer.module
-    rounder = TextDiffusionPipeline(model, trainer.tokenizer).rounder
-    if rounder is None:
+    pipe = TextDiffusionPipeline(model, trainer.tokenizer)
+    if not pipe.process.guidable:  # no continuous latent to round (mask, AR)
         return {}
+    rounder = pipe.rounder
     figures = {f"table_{k}": v for k, v in rounder.table_figures().items()}
     logger.info(
         "word table: %.2f%% of %d rows round to themselves; nearest other row at least %.3g "
