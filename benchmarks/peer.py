@@ -60,6 +60,7 @@ class Size:
     chain: int = 2000
     sample_steps: int = 200  # textdiff's grid; a step costs the same on any grid
     seed: int = 0
+    compile: bool = False  # textdiff's train.compile (torch.compile; compiled in the warm-up)
 
 
 def _alias_moved_helpers() -> list[str]:
@@ -218,7 +219,8 @@ class TextdiffSide:
         overrides["model"].update(embed_dim=s.embed_dim, seq_len=s.seq_len, dropout=0.1)
         overrides["model"].update(rotary="false", self_conditioning="false")
         sets = [f"{part}.{k}={v}" for part, kv in overrides.items() for k, v in kv.items()]
-        cfg = load_config(ROOT / CONFIG, [*sets, f"train.batch_size={s.batch}"])
+        compiled = f"train.compile={str(s.compile).lower()}"
+        cfg = load_config(ROOT / CONFIG, [*sets, f"train.batch_size={s.batch}", compiled])
         tc, ids = cfg.train, dict(pad_token_id=0, eos_token_id=1, mask_token_id=2)
         hf = make_config(cfg.network_config(s.vocab), cfg.process, cfg.sample, **ids)
         torch.manual_seed(s.seed)
@@ -302,9 +304,10 @@ def time_sampling(sides: dict, budget: PeerBudget, precision: str, size: Size) -
     return {**out, "ratio": out["textdiff"]["median_s"] / out["reference"]["median_s"]}
 
 
-def measure_peer(budget: PeerBudget, log=print) -> dict:
-    """Build both sides; time training, then sampling, in fp32 (and bf16 where native)."""
-    size = Size()
+def measure_peer(budget: PeerBudget, log=print, compile: bool = False) -> dict:
+    """Build both sides; time training, then sampling, in fp32 (and bf16 where native);
+    ``compile``: textdiff's network under torch.compile."""
+    size = Size(compile=compile)
     su, reference = import_reference(size)
     np.random.seed(size.seed)  # the reference draws its training times with np.random
     sides = {"reference": ReferenceSide(su, size), "textdiff": TextdiffSide(size)}
@@ -372,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="2 warm-up + 3 timed steps (it runs)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one a core)")
+    p.add_argument("--compile", action="store_true", help="textdiff with train.compile")
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -382,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         budget = PRESETS["smoke" if args.smoke else "full"].peer
-        result = measure_peer(budget, log=log)
+        result = measure_peer(budget, log=log, compile=args.compile)
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
