@@ -49,3 +49,16 @@ def e2e_dir():
     if not os.path.isdir(path):
         pytest.skip("../shared/data/e2e is not beside the project")
     return path
+
+
+@pytest.fixture(scope="session")
+def small_e2e_files(tmp_path_factory, e2e_dir) -> str:
+    """A ``--set`` value pointing a config at the first 200 training and 40 validation lines of
+    E2E (copied to a temporary folder)."""
+    from pathlib import Path
+
+    folder = tmp_path_factory.mktemp("data")
+    for name, source, n in (("train", "src1_train.txt", 200), ("valid", "src1_valid.txt", 40)):
+        lines = Path(e2e_dir, source).read_text(encoding="utf-8").splitlines()[:n]
+        (folder / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return f"data.data_files={{train: {folder / 'train.txt'}, validation: {folder / 'valid.txt'}}}"

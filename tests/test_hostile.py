@@ -43,14 +43,9 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory, e2e_dir) -> list[str]:
+def small_data(small_e2e_files) -> list[str]:
     """``--set`` values pointing the tiny config at 200 training and 40 validation lines."""
-    folder = tmp_path_factory.mktemp("data")
-    for name, source, n in (("train", "src1_train.txt", 200), ("valid", "src1_valid.txt", 40)):
-        lines = Path(e2e_dir, source).read_text(encoding="utf-8").splitlines()[:n]
-        (folder / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    files = f"data.data_files={{train: {folder / 'train.txt'}, validation: {folder / 'valid.txt'}}}"
-    return [files, *SMALL]
+    return [small_e2e_files, *SMALL]
 
 
 def train_args(out: Path, sets: list[str], *extra: str) -> list[str]:

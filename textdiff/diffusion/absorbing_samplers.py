@@ -115,12 +115,12 @@ def threshold_step(process, z: Tensor, probs: Tensor, t, s, run: Run):
 def length_step(process, z: Tensor, probs: Tensor, t, s, run: Run):
     """Place each row's [EOS] (:func:`~textdiff.diffusion.base.place_length`) from
     ``p_θ(w_i = [EOS] | z)`` (raw probabilities, before temperature)."""
-    p_eos = run.memory["log_probs"][..., process.eos_id].double().exp()
-    condition = run.known.clean if run.known is not None else None
     memory = run.memory
+    p_eos = memory["log_probs"][..., process.eos_id].double().exp()
+    condition = run.known.clean if run.known is not None else None
     place_length(process, p_eos, memory["held"], memory["held_ids"], run.noise, condition)
-    run.memory["content"] = ~run.memory["held"]
-    z = torch.where(run.memory["held"], run.memory["held_ids"], z)
+    memory["content"] = ~memory["held"]
+    z = torch.where(memory["held"], memory["held_ids"], z)
     return z, z
 
 
