@@ -12,7 +12,8 @@
    Diffusion-LM: each field value), N sentences under the classifier control; success = the
    value is realised (the slot-error rules of ``textdiff.infra.e2e``).
 4. **Length**: for every length 10–40, N sentences under the length control; success = exactly
-   that many tokens before ``[EOS]``.
+   that many tokens before ``[EOS]``. Beside it, the length *imposed* instead of steered: the
+   template ``[n]`` (n free positions, then [EOS]; exact by construction).
 
 Both report the success rate beside the uncontrolled samples' (same seeds), and the generative
 perplexity (under the AR reference) and mean unigram entropy of controlled and uncontrolled
@@ -45,7 +46,7 @@ from textdiff.infra.evaluation import perplexity_of_texts  # noqa: E402
 from textdiff.infra.metrics import unigram_entropy  # noqa: E402
 from textdiff.models.pipeline import TextDiffusionPipeline  # noqa: E402
 
-WEIGHTS = (0.5, 1.0, 2.0, 4.0)
+WEIGHTS = (1.0, 4.0, 16.0, 64.0, 256.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     report["weights"] = {kind: score.choose(kind, targets) for kind, targets in _validation(args)}
     report["semantic"] = score.run("semantic", semantic, report["weights"]["semantic"])
     report["length"] = score.run("length", lengths, report["weights"]["length"])
+    report["length_imposed"] = score.imposed(lengths)
     report["seconds"] = time.perf_counter() - t0
     out = Path(
         args.out
@@ -93,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['uncontrolled_generative_perplexity']:.2f}), entropy {r['entropy']:.3f} "
             f"(uncontrolled {r['uncontrolled_entropy']:.3f}), λ {report['weights'][kind]}"
         )
+    r = report["length_imposed"]
+    print(
+        f"length imposed (template [n]): success {r['success']:.3f}, gen. ppl "
+        f"{r['generative_perplexity']:.2f}, entropy {r['entropy']:.3f}"
+    )
     print(f"wrote {out} ({report['seconds'] / 60:.1f} min)")
     return 0
 
@@ -182,6 +189,22 @@ class _Scorer:
             "uncontrolled_generative_perplexity": perplexity_of_texts(self.reference, free),
             "entropy": unigram_entropy(texts),
             "uncontrolled_entropy": unigram_entropy(free),
+        }
+
+    def imposed(self, lengths: list[int]) -> dict:
+        """Length held rather than steered: the template ``[n]`` holds [EOS] after ``n`` free
+        positions, which cannot take [PAD] or [EOS] (exact by construction)."""
+        texts, rows = [], []
+        for n in lengths:
+            out = self.pipe.generate(self.n, seed=0, template=[n], **self.generation)
+            share = sum(len(text.split()) == n for text in out) / len(out)
+            rows.append({"target": n, "success": share, "examples": out[:2]})
+            texts += out
+        return {
+            "targets": rows,
+            "success": sum(r["success"] for r in rows) / len(rows),
+            "generative_perplexity": perplexity_of_texts(self.reference, texts),
+            "entropy": unigram_entropy(texts),
         }
 
     def choose(self, kind: str, targets: list) -> float:

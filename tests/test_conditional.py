@@ -58,7 +58,7 @@ def random_pipe(tok, noise="gaussian", condition_len=0, seq_len=20, **process):
         num_layers=1,
         num_heads=2,
         dropout=0.0,
-        output="embedding" if noise == "gaussian" else "logits",
+        output="embedding" if noise == "gaussian" and "prediction" not in process else "logits",
     )
     pc = ProcessConfig(
         noise=noise,
@@ -128,6 +128,19 @@ def test_known_words_are_exactly_preserved(tok, noise, sampler, template):
             assert text.endswith(template[-1])
         if len(template) == 3:
             assert f" {template[2]}" in text
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "mask"])
+def test_a_span_of_k_is_k_tokens(tok, noise):
+    """A template's span lies inside the sentence: its positions never take [PAD] or [EOS],
+    even from a random model (whose guesses are anything), so the sentence has exactly the
+    template's length."""
+    process = {"prediction": "posterior"} if noise == "gaussian" else {}
+    pipe = random_pipe(tok, noise, **process)
+    out = pipe.generate(16, num_steps=6, template=[7], temperature=0.05, return_ids=True)
+    span = out.ids[:, :7]
+    assert not torch.isin(span, torch.tensor([0, 1])).any()
+    assert (out.ids[:, 7] == 1).all() and (out.ids[:, 8:] == 0).all()
 
 
 def test_gaussian_known_positions_are_re_noised_to_the_current_time(tok):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .absorbing_samplers import MASK_SAMPLERS
-from .base import Denoiser, ForwardProcess, LossTerms, Run, stratified_times
+from .base import Denoiser, ForwardProcess, LossTerms, Run, inside_sentence, stratified_times
 from .schedules import KeepSchedule, get_keep_schedule
 
 T_MIN = 1e-5  # times are drawn from [T_MIN, 1]: at t → 0 nothing is masked and the weight → ∞
@@ -138,6 +138,9 @@ class MaskProcess(ForwardProcess):
         held_ids = torch.full(shape, self.mask_id, dtype=torch.long, device=device)
         if run.known is not None:
             held, held_ids = run.known.mask.to(device).clone(), run.known.ids.to(device).clone()
+            content = inside_sentence(self, held, held_ids, run.known.clean)
+            if content is not None:  # a template's spans: [PAD] and [EOS] are not theirs
+                run.memory["content"] = content
         run.memory.update(held=held, held_ids=held_ids)
         run.memory["confidence"] = torch.full(shape, float("inf"), dtype=torch.float64)
         return torch.full(shape, self.mask_id, dtype=torch.long, device=device)

@@ -201,6 +201,22 @@ def place_length(
     held[todo] = held[todo] | (pos >= at[:, None])
 
 
+def inside_sentence(
+    process, held: Tensor, held_ids: Tensor, condition: Tensor | None = None
+) -> Tensor | None:
+    """(B, L) bool: the free (not ``held``) positions of the rows whose sentence holds its
+    [EOS] — a template's, or a length placed first — which lie inside the sentence, so [PAD]
+    and [EOS] are not theirs to take (a template's span of k is k tokens). ``None`` when no
+    row holds one (the [EOS] ending a data-to-text ``condition`` is not the sentence's)."""
+    if process.eos_id is None or process.pad_id is None:
+        return None
+    eos = held & (held_ids == process.eos_id)
+    if condition is not None:
+        eos &= ~condition.to(eos.device)
+    rows = eos.any(1, keepdim=True)
+    return (~held & rows) if rows.any() else None
+
+
 def stratified_times(batch: int, *, generator: torch.Generator | None, device=None) -> Tensor:
     """``t_i = (u + i) / B mod 1`` with one shared ``u ~ U[0, 1)``: a stratified (low-discrepancy)
     batch of times, each marginally uniform, so the batch mean has lower variance than i.i.d."""

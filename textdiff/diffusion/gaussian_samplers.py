@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Known, Run, Sampler, place_length, time_grid
+from .base import Known, Run, Sampler, inside_sentence, place_length, time_grid
 
 
 class GaussianSampling:
@@ -38,6 +38,7 @@ class GaussianSampling:
         model = run.model
         if run.known is not None:
             run.memory["x0_known"] = model.embed(run.known.ids.to(model.device)).float()
+            ban_specials(self, run, run.known, len(model.word_table()))
         return run.noise.normal(torch.empty(*shape, model.embed_dim)).to(model.device)
 
     def impose(self, run: Run, x: Tensor, t) -> Tensor:
@@ -98,10 +99,20 @@ def length_step(process, x: Tensor, x0_hat: Tensor, t, s, run: Run) -> tuple[Ten
     place_length(process, words[..., process.eos_id], held, ids, run.noise, clean)
     run.known = Known(ids, held, clean)
     run.memory["x0_known"] = run.model.embed(ids.to(run.model.device)).float()
-    ban = torch.zeros(words.shape[-1], dtype=torch.bool, device=device)
-    ban[[process.pad_id, process.eos_id]] = True
-    run.memory["banned"] = (~held)[..., None] & ban
+    ban_specials(process, run, run.known, words.shape[-1])
     return x, torch.where(held[..., None], run.memory["x0_known"], x0_hat)
+
+
+def ban_specials(process, run: Run, known: Known, vocab: int) -> None:
+    """Rule [PAD] and [EOS] out of the posterior at the positions inside a held sentence
+    (:func:`~textdiff.diffusion.base.inside_sentence`), in ``run.memory["banned"]``."""
+    inside = inside_sentence(process, known.mask, known.ids, known.clean)
+    if inside is None:
+        run.memory.pop("banned", None)
+        return
+    ban = torch.zeros(vocab, dtype=torch.bool, device=inside.device)
+    ban[[process.pad_id, process.eos_id]] = True
+    run.memory["banned"] = (inside[..., None] & ban).to(run.model.device)
 
 
 @dataclass(frozen=True)
