@@ -140,6 +140,18 @@ def test_import_textdiff_registers_the_auto_classes_without_importing_torch(mode
     assert run_python(AUTO_FIRST, str(model_dir)).strip() == "TextDiffusionModel"
 
 
+def test_importing_a_submodule_first_registers_quietly():
+    """``from textdiff.infra.classify import ...`` (the README's control example) loads
+    transformers' Auto modules mid-import: no warning, and the classes are registered."""
+    code = (
+        "import textdiff.infra.classify\n"
+        "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
+        "print('textdiff' in CONFIG_MAPPING)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "True" and "could not register" not in proc.stderr, proc.stderr
+
+
 def test_a_saved_config_names_its_classes_for_remote_code(model_dir, tmp_path):
     config = json.loads((model_dir / "config.json").read_text())
     assert config["auto_map"] == {

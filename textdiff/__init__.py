@@ -62,7 +62,11 @@ def _register_auto_classes() -> None:
     except Exception as e:  # never break the user's `import transformers` over this
         import logging
 
-        logging.getLogger(__name__).warning(
+        # an ImportError here is transformers still importing itself (an Auto module loaded by
+        # another transformers module): textdiff.models.modeling registers itself once imported
+        level = logging.DEBUG if isinstance(e, ImportError) else logging.WARNING
+        logging.getLogger(__name__).log(
+            level,
             "could not register textdiff with transformers' Auto classes (%s); import "
             "textdiff.models.modeling before loading a textdiff model with them",
             e,
