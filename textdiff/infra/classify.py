@@ -137,16 +137,18 @@ def control_success(
     num_samples: int = 64,
     seed: int = 0,
     guidance: dict | None = None,
+    uncontrolled: list[str] | None = None,
     **generation,
 ) -> dict:
     """The share of ``num_samples`` sentences generated under ``control`` (weight and
     guidance settings in ``guidance``) for which ``met(text)`` holds, beside the share without
-    control for the same seed, with both sample sets."""
+    control for the same seed, with both sample sets. ``uncontrolled``: those samples, when
+    already drawn (the same for every control at one seed and setting)."""
     settings = dict(guidance or {})
     weight = settings.pop("weight", 1.0)
     steer = Guidance([(control, weight)], **settings)
     controlled = pipe.generate(num_samples, seed=seed, control=steer, **generation)
-    free = pipe.generate(num_samples, seed=seed, **generation)
+    free = uncontrolled or pipe.generate(num_samples, seed=seed, **generation)
     share = lambda texts: sum(map(met, texts)) / len(texts)  # noqa: E731
     return {
         "success": share(controlled),
