@@ -273,6 +273,10 @@ def sweep_section(r: dict) -> list[str]:
     rows = [["real validation text", "–", f"{sw['real_count']} random sentences", "–", "–"]]
     rows[0] += [_f(sw["real_generative_perplexity"], ".2f"), *_figures(sw, "real_")]
     rows[0] += _faults(sw, "real_")
+    if "train_real_entropy" in sw:  # the text the models imitate (E2E's is shorter)
+        rows.append(["real training text", "–", f"{sw['train_real_count']} random sentences"])
+        rows[-1] += ["–", "–", _f(sw["train_real_generative_perplexity"], ".2f")]
+        rows[-1] += [*_figures(sw, "train_real_"), *_faults(sw, "train_real_")]
     for p in sw["points"]:
         name = setting({**p, "steps": None, "sampler_options": {}})
         steps = f"{p['steps']} {describe_options(p['sampler_options'])}".strip()

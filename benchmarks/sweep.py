@@ -49,6 +49,7 @@ def sweep_stage(ctx: Context) -> dict:
     n = ctx.preset.sweep_samples
     pipes = {m: TextDiffusionPipeline.from_pretrained(ctx.model_dir(m)) for m in MODES}
     real = _real_figures(ctx, pipes, n)
+    real |= _real_figures(ctx, pipes, n, split="train", prefix="train_real_")
     points, skipped = [], []
     for line in ctx.preset.sweep:
         for steps in line.steps:
@@ -69,8 +70,12 @@ def sweep_stage(ctx: Context) -> dict:
     return {"samples": n, "split": "validation", "points": points, "skipped": skipped, **real}
 
 
-def _real_figures(ctx: Context, pipes: dict, n: int) -> dict:
-    """The figures of ``n`` random real validation sentences (``real_`` keys)."""
+def _real_figures(
+    ctx: Context, pipes: dict, n: int, split: str = "validation", prefix: str = "real_"
+) -> dict:
+    """The figures of ``n`` random real sentences of ``split`` (``prefix`` keys). The training
+    split is the text the models imitate; E2E's splits differ (training sentences are shorter
+    than validation and test ones), so it shows what a faithful sampler would reach."""
     from textdiff.infra.config import load_config
     from textdiff.infra.data import iter_texts, load_text_splits
     from textdiff.infra.evaluation import perplexity_of_texts
@@ -78,14 +83,14 @@ def _real_figures(ctx: Context, pipes: dict, n: int) -> dict:
     from textdiff.models.tokenization import encode
 
     data = load_config(ctx.model_dir("ar") / "experiment.yaml").data
-    real = random_real(list(iter_texts(load_text_splits(data)["validation"])), n, seed=0)
+    real = random_real(list(iter_texts(load_text_splits(data)[split])), n, seed=0)
     pipe = pipes["gaussian"]  # the tokenizer the models share; its length for the id rows
     ids, _ = encode(pipe.tokenizer, real, pipe.seq_len)
     return {
-        "real_count": len(real),
-        "real_generative_perplexity": perplexity_of_texts(pipes["ar"], real),
-        **text_figures(real, ids, pipe.tokenizer, prefix="real_"),
-        "real_examples": real[:2],
+        f"{prefix}count": len(real),
+        f"{prefix}generative_perplexity": perplexity_of_texts(pipes["ar"], real),
+        **text_figures(real, ids, pipe.tokenizer, prefix=prefix),
+        f"{prefix}examples": real[:2],
     }
 
 
