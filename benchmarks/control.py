@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--temperature", type=float, default=0.3)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     n = 16 if args.quick else args.samples
     pipe = TextDiffusionPipeline.from_pretrained(args.model)
     reference = TextDiffusionPipeline.from_pretrained(args.reference)
@@ -77,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     semantic, lengths = _targets(args.model, args.quick)
     report = {
-        "machine": {"cpu": _cpu(), "python": platform.python_version(), "torch": torch.__version__},
+        "machine": {
+            "cpu": _cpu(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+        },
         "model": args.model,
         "reference": args.reference,
         "classifier": str(folder),
