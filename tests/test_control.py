@@ -116,3 +116,15 @@ def test_a_trained_classifier_saves_loads_and_steers_its_own_model_only(tmp_path
     other = random_pipe("gaussian")  # another model's word table
     with pytest.raises(ValueError, match="latents of another model"):
         classifier_control(other, tmp_path / "clf", "eatType[pub]")
+
+
+def test_a_raw_e2e_value_finds_its_tokenized_label():
+    from textdiff.models.classifier import LatentClassifier, LatentClassifierConfig
+
+    labels = ["priceRange[less than £ 20]", "priceRange[£ 20 - 25]", "food[Fast food]"]
+    clf = LatentClassifier(LatentClassifierConfig(labels, hidden_size=16, num_layers=1))
+    assert clf.label_index("priceRange[less than £20]") == 0
+    assert clf.label_index("priceRange[£20-25]") == 1
+    assert clf.label_index("food[Fast food]") == 2
+    with pytest.raises(ValueError, match="not a label"):
+        clf.label_index("food[Fastfood ]x")

@@ -71,13 +71,19 @@ class LatentClassifier(PreTrainedModel):
         return self.config.labels
 
     def label_index(self, label: str) -> int:
-        """The index of ``label``; a ValueError lists the labels when it is not one."""
-        if label not in self.config.labels:
+        """The index of ``label``, or of the one label equal to it but for spaces (a raw E2E
+        value ``less than £20`` is ``less than £ 20`` in the tokenized training text); a
+        ValueError lists the labels when there is none."""
+        if label in self.config.labels:
+            return self.config.labels.index(label)
+        squeezed = "".join(label.split())
+        bare = [i for i, x in enumerate(self.config.labels) if "".join(x.split()) == squeezed]
+        if len(bare) != 1:
             raise ValueError(
                 f"{label!r} is not a label of this classifier; its labels: "
                 f"{', '.join(self.config.labels)}"
             )
-        return self.config.labels.index(label)
+        return bare[0]
 
     def _init_weights(self, module: nn.Module) -> None:
         init_weights(module)
