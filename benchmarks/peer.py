@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from measure import ROOT, alternate, machine_info, step_summary
+from measure import ROOT, alternate, machine_info, matmul_peak, step_summary
 from presets import PRESETS, PeerBudget
 from report import VS_PEER, peer_targets, table
 from stages import StageError
@@ -304,6 +304,31 @@ def time_sampling(sides: dict, budget: PeerBudget, precision: str, size: Size) -
     return {**out, "ratio": out["textdiff"]["median_s"] / out["reference"]["median_s"]}
 
 
+def linear_flops_per_token(model: torch.nn.Module, size: Size) -> float:
+    """Training FLOPs a token position, counted alike for both sides: ``6 ×`` the weights of
+    every ``nn.Linear`` (forward + backward) plus ``12 · layers · L · D`` for attention's
+    scores and values; lookups and element-wise work are not counted."""
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return 6.0 * weights + 12.0 * size.layers * size.seq_len * size.hidden
+
+
+def mfu(result: dict, sides: dict, size: Size, log=print) -> dict:
+    """Each side's training FLOP/s ÷ the square-matmul peak of the same dtype measured now."""
+    out = {}
+    for precision, timing in result["train"].items():
+        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+        peak = matmul_peak(dtype, (512, 1024, 2048))
+        out[precision] = {"peak_flops": peak["flops"], "peak_size": peak["size"]}
+        for name, side in sides.items():
+            flops = linear_flops_per_token(side.model, size) * timing[name]["tokens_per_s"]
+            out[precision][name] = {"flops": flops, "mfu": flops / peak["flops"]}
+        log(
+            f"MFU {precision}: textdiff {out[precision]['textdiff']['mfu']:.1%}, reference "
+            f"{out[precision]['reference']['mfu']:.1%} of {peak['flops'] / 1e9:.0f} GFLOP/s"
+        )
+    return out
+
+
 def measure_peer(budget: PeerBudget, log=print, compile: bool = False) -> dict:
     """Build both sides; time training, then sampling, in fp32 (and bf16 where native);
     ``compile``: textdiff's network under torch.compile."""
@@ -331,6 +356,7 @@ def measure_peer(budget: PeerBudget, log=print, compile: bool = False) -> dict:
     for precision in ("fp32", "bf16") if native else ("fp32",):
         r = result["train"][precision] = time_training(sides, budget, precision, size)
         log(f"train {precision}: tokens/s textdiff ÷ reference = {r['ratio']:.3f}")
+    result["mfu"] = mfu(result, sides, size, log)
     for precision in result["train"]:
         r = result["sample"][precision] = time_sampling(sides, budget, precision, size)
         log(f"sample {precision}: s/step textdiff ÷ reference = {r['ratio']:.3f}")
@@ -362,6 +388,18 @@ def peer_section(peer: dict) -> str:
         f"clamping; medians, taking turns; the reference's attention: {m['attention']}.",
         table(["measure", "textdiff", "Diffusion-LM", "textdiff ÷ Diffusion-LM", "steps"], rows),
     ]
+    if peer.get("mfu"):
+        parts.append(
+            "Training at "
+            + "; ".join(
+                f"{p}: textdiff {x['textdiff']['mfu']:.1%}, Diffusion-LM "
+                f"{x['reference']['mfu']:.1%} of the {x['peak_flops'] / 1e9:.0f} GFLOP/s "
+                f"{p} matmul peak"
+                for p, x in peer["mfu"].items()
+            )
+            + " measured in the same run (MFU; FLOPs: 6 × the nn.Linear weights + attention, "
+            "counted alike for both sides)."
+        )
     if peer.get("bf16_skipped"):
         parts.append(f"bf16 not measured: {peer['bf16_skipped']}.")
     if peer["budget"]["steps"] < 10:
