@@ -357,12 +357,12 @@ class TextDiffusionPipeline:
 
 def _guidance(control):
     """``generate``'s ``control`` argument as a :class:`Guidance` (``None``: no control)."""
-    from ..diffusion.control import Guidance
+    from ..diffusion.control import DEFAULT_WEIGHT, Guidance
 
     if control is None or isinstance(control, Guidance):
         return control
     if callable(control):
-        return Guidance([(control, 1.0)])
+        return Guidance([(control, DEFAULT_WEIGHT)])
     return Guidance(list(control))
 
 
