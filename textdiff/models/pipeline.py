@@ -77,8 +77,9 @@ class TextDiffusionPipeline:
 
     ``control`` steers a Gaussian model by gradients (:mod:`textdiff.diffusion.control`): a
     :class:`~textdiff.diffusion.control.Guidance`, or ``(control, λ)`` pairs (or one control,
-    ``λ = DEFAULT_WEIGHT``, 16) with the guidance defaults; :meth:`length_control` and :meth:`token_control`
-    build common ones, and any ``control(x, t) -> log p`` of latents works.
+    ``λ = DEFAULT_WEIGHT``, 16) with the guidance defaults; :meth:`length_control` and
+    :meth:`token_control` build common ones, and any ``control(x, t) -> log p`` of latents
+    works.
     """
 
     def __init__(self, model, tokenizer, precision: str = "auto"):
