@@ -37,7 +37,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from .base import Run, Sampler, place_length
+from .base import Run, Sampler, inside_sentence, place_length
 
 
 def _masked(process, z: Tensor, run: Run) -> Tensor:
@@ -119,7 +119,7 @@ def length_step(process, z: Tensor, probs: Tensor, t, s, run: Run):
     p_eos = memory["log_probs"][..., process.eos_id].double().exp()
     condition = run.known.clean if run.known is not None else None
     place_length(process, p_eos, memory["held"], memory["held_ids"], run.noise, condition)
-    memory["content"] = ~memory["held"]
+    memory["content"] = inside_sentence(process, memory["held"], memory["held_ids"], condition)
     z = torch.where(memory["held"], memory["held_ids"], z)
     return z, z
 
