@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion.base import stratified_times
-from ..diffusion.control import ClassifierControl, Guidance
+from ..diffusion.control import DEFAULT_WEIGHT, ClassifierControl, Guidance
 from ..models.classifier import LatentClassifier, LatentClassifierConfig, table_fingerprint
 from ..models.pipeline import TextDiffusionPipeline
 from ..models.tokenization import encode
@@ -140,12 +140,12 @@ def control_success(
     uncontrolled: list[str] | None = None,
     **generation,
 ) -> dict:
-    """The share of ``num_samples`` sentences generated under ``control`` (weight and
-    guidance settings in ``guidance``) for which ``met(text)`` holds, beside the share without
+    """The share of ``num_samples`` sentences generated under ``control`` (weight, by default
+    ``DEFAULT_WEIGHT`` as for a bare control, and guidance settings in ``guidance``) for which ``met(text)`` holds, beside the share without
     control for the same seed, with both sample sets. ``uncontrolled``: those samples, when
     already drawn (the same for every control at one seed and setting)."""
     settings = dict(guidance or {})
-    weight = settings.pop("weight", 1.0)
+    weight = settings.pop("weight", DEFAULT_WEIGHT)
     steer = Guidance([(control, weight)], **settings)
     controlled = pipe.generate(num_samples, seed=seed, control=steer, **generation)
     free = uncontrolled or pipe.generate(num_samples, seed=seed, **generation)
