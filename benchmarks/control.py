@@ -127,7 +127,7 @@ def _cpu() -> str:
 def _classifier(model: str, folder: Path, quick: bool) -> Path:
     if (folder / "config.json").is_file():
         return folder
-    result = train_classifier(model, folder, steps=200 if quick else 2000)
+    result = train_classifier(model, folder, steps=200 if quick else 4000)
     print(
         f"classifier: {len(result.labels)} labels, validation accuracy "
         f"{result.valid_accuracy:.3f}, {result.seconds:.0f} s"

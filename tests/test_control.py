@@ -128,3 +128,33 @@ def test_a_raw_e2e_value_finds_its_tokenized_label():
     assert clf.label_index("food[Fast food]") == 2
     with pytest.raises(ValueError, match="not a label"):
         clf.label_index("food[Fastfood ]x")
+
+
+def test_max_pooling_is_a_smooth_max_and_classifiers_saved_without_it_load_as_mean(tmp_path):
+    import json
+    import math
+
+    from textdiff.models.classifier import LatentClassifier, LatentClassifierConfig
+
+    config = LatentClassifierConfig(
+        ["a", "b"], embed_dim=4, seq_len=8, hidden_size=16, num_layers=1, pooling="max"
+    )
+    torch.manual_seed(0)
+    clf = LatentClassifier(config).eval()
+    per_position = []
+    clf.head.register_forward_hook(lambda module, args, out: per_position.append(out))
+    x, t = torch.randn(3, 8, 4) * 5, torch.rand(3)
+    with torch.no_grad():
+        pooled = clf(x, t)
+    top = per_position[0].max(1).values  # (B, K): the best position's logit
+    assert torch.all(pooled <= top + 1e-5) and torch.all(pooled >= top - math.log(8) - 1e-5)
+    clf.save_pretrained(tmp_path / "max", safe_serialization=True)
+    with torch.no_grad():
+        again = LatentClassifier.from_pretrained(tmp_path / "max", use_safetensors=True)(x, t)
+    assert torch.equal(pooled, again)
+    saved = json.loads((tmp_path / "max" / "config.json").read_text())
+    del saved["pooling"]  # as a classifier saved before the field existed
+    (tmp_path / "max" / "config.json").write_text(json.dumps(saved))
+    assert LatentClassifier.from_pretrained(tmp_path / "max").config.pooling == "mean"
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        LatentClassifierConfig(["a"], pooling="sum")

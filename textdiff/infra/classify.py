@@ -54,16 +54,21 @@ def train_classifier(
     *,
     labels_of: Callable[[str, str], list[str]] = e2e_slot_labels,
     min_count: int = 20,
-    steps: int = 1500,
+    steps: int = 4000,
     batch_size: int = 64,
     lr: float = 1e-3,
     hidden_size: int = 128,
     num_layers: int = 2,
+    pooling: str = "max",
     seed: int = 0,
     progress: bool = True,
 ) -> ClassifierResult:
     """Train a classifier of ``model_dir``'s latents on its training data and save it to
-    ``out_dir`` (module docstring); labels seen fewer than ``min_count`` times are dropped."""
+    ``out_dir`` (module docstring); labels seen fewer than ``min_count`` times are dropped.
+    ``pooling``: see :class:`~textdiff.models.classifier.LatentClassifier`; ``"max"`` learns
+    the E2E slots far faster than ``"mean"`` (validation recall at t = 0.1 after 2,000 steps:
+    food 86% vs 0%, near 76% vs 56%). The default 4,000 steps (200 of them warm-up) take about
+    5 minutes for the main-job model on 2 cores."""
     from tqdm.auto import tqdm
 
     pipe = TextDiffusionPipeline.from_pretrained(model_dir, precision="fp32")
@@ -80,12 +85,14 @@ def train_classifier(
         pipe.seq_len,
         hidden_size=hidden_size,
         num_layers=num_layers,
+        pooling=pooling,
         table_fingerprint=table_fingerprint(table),
     )
     torch.manual_seed(seed)
     model = LatentClassifier(config).train()
     data = {k: (ids, _multi_hot(labels, names)) for k, (ids, labels) in rows.items()}
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 200))
     gen, t0 = torch.Generator().manual_seed(seed), time.perf_counter()
     for _ in tqdm(range(steps), desc="classifier", disable=not progress):
         pick = torch.randint(0, len(data["train"][0]), (batch_size,), generator=gen)
@@ -93,6 +100,7 @@ def train_classifier(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        warmup.step()
     accuracy = _accuracy(pipe, model.eval(), table, *data["validation"], seed)
     model.save_pretrained(out_dir, safe_serialization=True)
     seconds = time.perf_counter() - t0

@@ -1,9 +1,13 @@
 """A classifier of noised word latents, for plug-and-play control (Diffusion-LM, §5).
 
 ``LatentClassifier(h_t, t) → logits`` (B, K): a small bidirectional Transformer over
-``[h_t ; e]`` (the same input layout as the denoiser, without self-conditioning), mean-pooled,
-with one logit per label — independent labels (sigmoid), so a sentence may carry several (e.g.
-the slots ``food[Japanese]`` and ``area[riverside]`` of an E2E meaning representation). It is
+``[h_t ; e]`` (the same input layout as the denoiser, without self-conditioning), with one logit
+per label — independent labels (sigmoid), so a sentence may carry several (e.g. the slots
+``food[Japanese]`` and ``area[riverside]`` of an E2E meaning representation). ``pooling``
+``"max"`` (what :func:`~textdiff.infra.classify.train_classifier` trains) scores each label at
+every position and pools with a smooth maximum (log-sum-exp), "the sentence says it somewhere";
+``"mean"`` averages the positions' states before one head (the config's default, so classifiers
+saved before the field existed load as they were trained). It is
 trained on latents ``h_t ~ q(h_t | E[w])`` of one diffusion model's word table ``E`` at random
 ``t`` (:mod:`textdiff.infra.classify`), so it reads that model's latents at every step of
 sampling; ``config.table_fingerprint`` records which table, and :func:`check_table` refuses
@@ -13,6 +17,7 @@ another. Saved and loaded like a model: ``config.json`` + ``model.safetensors``.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +25,9 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from .config import ModelConfig
 from .modeling import Block, init_weights, sinusoidal, sinusoidal_angles
+
+
+POOLINGS = ("max", "mean")
 
 
 class LatentClassifierConfig(PretrainedConfig):
@@ -38,8 +46,12 @@ class LatentClassifierConfig(PretrainedConfig):
         num_layers: int = 2,
         num_heads: int = 4,
         table_fingerprint: str = "",
+        pooling: str = "mean",
         **kwargs,
     ):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+        self.pooling = pooling
         self.labels = list(labels or [])
         self.embed_dim, self.seq_len, self.pos_dim = embed_dim, seq_len, pos_dim
         self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
@@ -102,7 +114,10 @@ class LatentClassifier(PreTrainedModel):
         phases = (angles.cos().to(h.dtype), angles.sin().to(h.dtype))
         for block in self.blocks:
             h = block(h, None, phases)
-        return self.head(self.ln_out(h).mean(1))
+        h = self.ln_out(h)
+        if cfg.pooling == "mean":
+            return self.head(h.mean(1))
+        return self.head(h).logsumexp(1) - math.log(L)  # a smooth max over positions (B, K)
 
 
 def table_fingerprint(table: Tensor) -> str:
