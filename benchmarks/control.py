@@ -6,7 +6,7 @@
 1. **Classifier**: a latent classifier of the model's noised latents, trained on the E2E training
    sentences labelled with the MR slots they realise (``textdiff.infra.classify``), or reused.
 2. **Settings**: the control weight λ and the inner steps' size are chosen on *validation*
-   targets (the slot values of the first validation MRs; lengths 12, 18, 24) as the largest
+   targets (each attribute's first value in the validation MRs; lengths 12, 18, 24) as the largest
    success whose samples' generative perplexity stays within 1.5× the uncontrolled samples'.
    Sampling: DPM-Solver++ 24 steps at temperature 0.3, the main job's; semantic control with
    the length placed first (its default), steered length without.
@@ -145,10 +145,16 @@ def _targets(model: str, quick: bool) -> tuple[list[str], list[int]]:
 
 
 def _validation(args) -> list[tuple[str, list]]:
+    """Validation targets: for each attribute, the first value the validation MRs give it
+    (8 slot values, venue names and multi-word values among them; 2 with ``--quick``), and
+    the lengths 12, 18 and 24."""
     splits = load_text_splits(load_config(Path(args.model) / "experiment.yaml").data)
-    mrs = list(splits["validation"]["condition"])[:3]
-    slots = sorted({f"{a}[{v}]" for mr in mrs for a, v in parse_mr(mr) if a != "name"})
-    return [("semantic", slots[:2] if args.quick else slots[:6]), ("length", [12, 18, 24])]
+    first: dict[str, str] = {}
+    for mr in splits["validation"]["condition"]:
+        for a, v in parse_mr(mr):
+            first.setdefault(a, f"{a}[{v}]")
+    slots = sorted(first.values())
+    return [("semantic", slots[:2] if args.quick else slots), ("length", [12, 18, 24])]
 
 
 class _Scorer:

@@ -158,3 +158,36 @@ def test_max_pooling_is_a_smooth_max_and_classifiers_saved_without_it_load_as_me
     assert LatentClassifier.from_pretrained(tmp_path / "max").config.pooling == "mean"
     with pytest.raises(ValueError, match="pooling must be one of"):
         LatentClassifierConfig(["a"], pooling="sum")
+
+
+def test_venue_swapping_breaks_e2e_name_near_pairs_and_keeps_the_labels_true(e2e_dir):
+    import os
+    from collections import defaultdict
+
+    from textdiff.infra.classify import e2e_slot_labels, e2e_swap_venues
+    from textdiff.infra.e2e import parse_mr
+
+    lines = open(os.path.join(e2e_dir, "src1_train.txt"), encoding="utf-8").read().splitlines()
+    conditions, texts = zip(*(line.split("||", 1) for line in lines[:3000]), strict=True)
+    texts = [t.strip() for t in texts]
+    new_conditions, new_texts = e2e_swap_venues(list(conditions), texts, seed=0)
+    assert len(new_texts) == len(texts)
+    near_of = defaultdict(set)  # name -> the venues it is near, before and after
+    swapped_near_of = defaultdict(set)
+    kept = total = 0
+    for old_c, old_t, c, t in zip(conditions, texts, new_conditions, new_texts, strict=True):
+        old, new = dict(parse_mr(old_c)), dict(parse_mr(c))
+        assert new.get("name") != new.get("near")
+        assert {a: v for a, v in new.items() if a not in ("name", "near")} == {
+            a: v for a, v in old.items() if a not in ("name", "near")
+        }
+        labels_before = [x.split("[")[0] for x in e2e_slot_labels(old_c, old_t)]
+        labels_after = [x.split("[")[0] for x in e2e_slot_labels(c, t)]
+        kept += labels_before == labels_after  # the same slots are realised, with new values
+        total += 1
+        if "near" in old:
+            near_of[old["name"]].add(old["near"])
+            swapped_near_of[new["name"]].add(new["near"])
+    assert kept / total > 0.98
+    mean = lambda d: sum(map(len, d.values())) / len(d)  # noqa: E731
+    assert mean(near_of) < 2 and mean(swapped_near_of) > 5  # the rigid pairs are broken

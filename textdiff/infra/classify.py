@@ -13,6 +13,7 @@ the target (Diffusion-LM's protocol), beside the same figures without control.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from ..models.pipeline import TextDiffusionPipeline
 from ..models.tokenization import encode
 from .config import load_config
 from .data import load_text_splits
-from .e2e import parse_mr, realised
+from .e2e import parse_mr, realised, to_source_mr
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,43 @@ logger = logging.getLogger(__name__)
 def e2e_slot_labels(condition: str, text: str) -> list[str]:
     """The slots ``attribute[value]`` of an E2E MR that ``text`` realises."""
     return [f"{a}[{v}]" for a, v in parse_mr(condition) if realised(a, v, text)]
+
+
+VENUES = ("name", "near")
+
+
+def e2e_swap_venues(
+    conditions: list[str], texts: list[str], seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """A copy of every E2E row with its venue (``name``) and the venue it is near (``near``)
+    replaced, in the MR and the sentence alike, by others drawn at random from the values the
+    rows give each attribute. E2E pairs venues rigidly (every MR near Burger King names The
+    Eagle), so a classifier trained on the rows alone learns "The Eagle" for
+    ``near[Burger King]`` and steering writes the wrong name; the copies break such pairs."""
+    import random
+
+    pools: dict[str, set[str]] = {a: set() for a in VENUES}
+    for condition in conditions:
+        for a, v in parse_mr(condition):
+            if a in pools:
+                pools[a].add(v)
+    rng, pool = random.Random(seed), {a: sorted(v) for a, v in pools.items()}
+    out_conditions, out_texts = [], []
+    for condition, text in zip(conditions, texts, strict=True):
+        slots = parse_mr(condition)
+        new = {a: rng.choice(pool[a]) for a, v in slots if a in VENUES and len(pool[a]) > 1}
+        near = new.get("near", dict(slots).get("near"))
+        if new.get("name") == near:  # a venue is not near itself
+            new["name"] = rng.choice([v for v in pool["name"] if v != near])
+        swaps = [(v, new[a]) for a, v in slots if a in new]
+        for i, (old, _) in enumerate(swaps):  # placeholders: a new value may be an old one
+            text = re.sub(re.escape(old), f"\x00{i}\x00", text, flags=re.IGNORECASE)
+        for i, (_, value) in enumerate(swaps):
+            text = text.replace(f"\x00{i}\x00", value)
+        slots = [(a, new.get(a, v)) for a, v in slots]
+        out_conditions.append(to_source_mr(", ".join(f"{a}[{v}]" for a, v in slots)))
+        out_texts.append(text)
+    return out_conditions, out_texts
 
 
 @dataclass
@@ -60,6 +98,7 @@ def train_classifier(
     hidden_size: int = 128,
     num_layers: int = 2,
     pooling: str = "max",
+    augment: Callable | str | None = "auto",
     seed: int = 0,
     progress: bool = True,
 ) -> ClassifierResult:
@@ -68,14 +107,21 @@ def train_classifier(
     ``pooling``: see :class:`~textdiff.models.classifier.LatentClassifier`; ``"max"`` learns
     the E2E slots far faster than ``"mean"`` (validation recall at t = 0.1 after 2,000 steps:
     food 86% vs 0%, near 76% vs 56%). The default 4,000 steps (200 of them warm-up) take about
-    5 minutes for the main-job model on 2 cores."""
+    5 minutes for the main-job model on 2 cores. ``augment(conditions, texts, seed)`` returns
+    extra training rows (conditions, texts); ``"auto"`` is :func:`e2e_swap_venues` with the E2E
+    labels and none with a ``labels_of`` of your own."""
     from tqdm.auto import tqdm
 
     pipe = TextDiffusionPipeline.from_pretrained(model_dir, precision="fp32")
     if not pipe.process.guidable:
         raise ValueError(f"{model_dir} is a {pipe.settings.noise} model; control needs Gaussian")
     splits = load_text_splits(load_config(Path(model_dir) / "experiment.yaml").data)
-    rows = {name: _labelled(pipe, splits[name], labels_of) for name in ("train", "validation")}
+    if augment == "auto":
+        augment = e2e_swap_venues if labels_of is e2e_slot_labels else None
+    rows = {
+        "train": _labelled(pipe, splits["train"], labels_of, augment, seed),
+        "validation": _labelled(pipe, splits["validation"], labels_of),
+    }
     counts = Counter(label for labels in rows["train"][1] for label in labels)
     names = sorted(label for label, n in counts.items() if n >= min_count)
     table = pipe.model.word_table().detach()
@@ -108,8 +154,11 @@ def train_classifier(
     return ClassifierResult(Path(out_dir), names, steps, seconds, accuracy)
 
 
-def _labelled(pipe, split, labels_of) -> tuple[torch.Tensor, list[list[str]]]:
+def _labelled(pipe, split, labels_of, augment=None, seed=0) -> tuple[torch.Tensor, list]:
     texts, conditions = list(split["text"]), list(split["condition"])
+    if augment is not None:
+        more_conditions, more_texts = augment(conditions, texts, seed)
+        conditions, texts = conditions + list(more_conditions), texts + list(more_texts)
     ids, _ = encode(pipe.tokenizer, texts, pipe.seq_len)
     return ids, [labels_of(c, t) for c, t in zip(conditions, texts, strict=True)]
 
@@ -148,10 +197,11 @@ def control_success(
     uncontrolled: list[str] | None = None,
     **generation,
 ) -> dict:
-    """The share of ``num_samples`` sentences generated under ``control`` (weight, by default
-    ``DEFAULT_WEIGHT`` as for a bare control, and guidance settings in ``guidance``) for which ``met(text)`` holds, beside the share without
-    control for the same seed, with both sample sets. ``uncontrolled``: those samples, when
-    already drawn (the same for every control at one seed and setting)."""
+    """The share of ``num_samples`` sentences generated under ``control`` for which
+    ``met(text)`` holds, beside the share without control for the same seed, with both sample
+    sets. ``guidance``: the control's weight (default ``DEFAULT_WEIGHT``, as for a bare control)
+    and the :class:`Guidance` settings. ``uncontrolled``: those samples, when already drawn
+    (the same for every control at one seed and setting)."""
     settings = dict(guidance or {})
     weight = settings.pop("weight", DEFAULT_WEIGHT)
     steer = Guidance([(control, weight)], **settings)

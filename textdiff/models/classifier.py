@@ -26,7 +26,6 @@ from transformers import PretrainedConfig, PreTrainedModel
 from .config import ModelConfig
 from .modeling import Block, init_weights, sinusoidal, sinusoidal_angles
 
-
 POOLINGS = ("max", "mean")
 
 
