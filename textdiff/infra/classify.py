@@ -13,6 +13,7 @@ the target (Diffusion-LM's protocol), beside the same figures without control.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 from collections import Counter
@@ -51,8 +52,6 @@ def e2e_swap_venues(
     rows give each attribute. E2E pairs venues rigidly (every MR near Burger King names The
     Eagle), so a classifier trained on the rows alone learns "The Eagle" for
     ``near[Burger King]`` and steering writes the wrong name; the copies break such pairs."""
-    import random
-
     pools: dict[str, set[str]] = {a: set() for a in VENUES}
     for condition in conditions:
         for a, v in parse_mr(condition):
@@ -107,11 +106,9 @@ def train_classifier(
     ``pooling``: see :class:`~textdiff.models.classifier.LatentClassifier`; ``"max"`` learns
     the E2E slots far faster than ``"mean"`` (validation recall at t = 0.1 after 2,000 steps:
     food 86% vs 0%, near 76% vs 56%). The default 4,000 steps (200 of them warm-up) take about
-    5 minutes for the main-job model on 2 cores. ``augment(conditions, texts, seed)`` returns
+    6 minutes for the main-job model on 2 cores. ``augment(conditions, texts, seed)`` returns
     extra training rows (conditions, texts); ``"auto"`` is :func:`e2e_swap_venues` with the E2E
     labels and none with a ``labels_of`` of your own."""
-    from tqdm.auto import tqdm
-
     pipe = TextDiffusionPipeline.from_pretrained(model_dir, precision="fp32")
     if not pipe.process.guidable:
         raise ValueError(f"{model_dir} is a {pipe.settings.noise} model; control needs Gaussian")
@@ -137,21 +134,29 @@ def train_classifier(
     torch.manual_seed(seed)
     model = LatentClassifier(config).train()
     data = {k: (ids, _multi_hot(labels, names)) for k, (ids, labels) in rows.items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 200))
-    gen, t0 = torch.Generator().manual_seed(seed), time.perf_counter()
-    for _ in tqdm(range(steps), desc="classifier", disable=not progress):
-        pick = torch.randint(0, len(data["train"][0]), (batch_size,), generator=gen)
-        loss = _loss(pipe, model, table, data["train"][0][pick], data["train"][1][pick], gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        warmup.step()
+    t0 = time.perf_counter()
+    _fit(pipe, model, table, *data["train"], steps, batch_size, lr, seed, progress)
     accuracy = _accuracy(pipe, model.eval(), table, *data["validation"], seed)
     model.save_pretrained(out_dir, safe_serialization=True)
     seconds = time.perf_counter() - t0
     logger.info("classifier: %d labels, validation accuracy %.3f", len(names), accuracy)
     return ClassifierResult(Path(out_dir), names, steps, seconds, accuracy)
+
+
+def _fit(pipe, model, table, ids, targets, steps, batch_size, lr, seed, progress) -> None:
+    """AdamW over random batches of latents at stratified times, 200 steps of warm-up."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 200))
+    gen = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(steps), desc="classifier", disable=not progress):
+        pick = torch.randint(0, len(ids), (batch_size,), generator=gen)
+        loss = _loss(pipe, model, table, ids[pick], targets[pick], gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        warmup.step()
 
 
 def _labelled(pipe, split, labels_of, augment=None, seed=0) -> tuple[torch.Tensor, list]:
