@@ -416,6 +416,9 @@ def test_mr_formats_and_slot_errors():
     rate = slot_error_rate([release, family], [full, "Zizzi ."])
     assert rate["slots"] == 6 and rate["missing"] == 1 and rate["slot_error_rate"] == 1 / 6
     assert detokenize("prices of £ 20 - 25 .") == "prices of £20 - 25 ."
+    assert detokenize("a family - friendly pub , it 's Zizzi 's .") == (
+        "a family-friendly pub , it's Zizzi's ."
+    )
 
 
 def test_multi_reference_bleu():

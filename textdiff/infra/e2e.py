@@ -11,8 +11,12 @@ the ``src1_*.txt`` training files (``name : The Eagle | Type : pub | price : £ 
 tokenization: the protocol of the E2E challenge's scoring script (e2e-metrics: case-insensitive
 BLEU with mteval-v13a tokenization, closest reference length), whose TGen baseline scored 65.93
 (Dušek et al., 2020). ``bleu_cased`` is sacrebleu's default (case-sensitive). The generated
-text is word-split like the training files; before scoring, the one split that 13a does not undo
-is reverted (``£ 20`` → ``£20``, as the raw references write it; :func:`detokenize`).
+text is word-split like the training files; before scoring, the splits that 13a does not undo
+are reverted as the raw references write them (:func:`detokenize`): ``£ 20`` → ``£20``,
+``family - friendly`` → ``family-friendly``, ``it 's`` → ``it's`` (13a splits neither a hyphen
+between letters nor an apostrophe). The first human reference of each test MR, word-split as
+the training files are, scores 58.85 against the others with the ``£`` rule alone and 60.96 with
+all three.
 
 **Slot error rate** (SER) here is the share of MR slots whose value does not appear in the
 sentence (missing slots only; added or repeated slots are not counted). Matching is on lowercased
@@ -113,9 +117,11 @@ def to_source_mr(mr: str) -> str:
 
 
 def detokenize(sentence: str) -> str:
-    """Undo the word split of the src1 files that BLEU's 13a tokenization keeps: ``£ 20`` →
-    ``£20``."""
-    return re.sub(r"£ (?=\d)", "£", sentence)
+    """Undo the word splits of the src1 files that BLEU's 13a tokenization keeps: ``£ 20`` →
+    ``£20``, ``family - friendly`` → ``family-friendly``, ``it 's`` → ``it's``."""
+    sentence = re.sub(r"£ (?=\d)", "£", sentence)
+    sentence = re.sub(r"(?<=[^\W\d]) - (?=[^\W\d])", "-", sentence)  # between letters only
+    return re.sub(r" '(?=\w)", "'", sentence)
 
 
 def _words(text: str) -> list[str]:
@@ -251,6 +257,7 @@ def evaluate_data2text(
         "mbr": mbr,
         "mbr_utility": mbr_utility if mbr > 1 else None,
         "seconds": seconds,
+        "outputs": hypotheses,  # every sentence as scored: rescoring needs no decoding
         "examples": [
             {"mr": mr, "output": h, "missing": slot_errors(mr, t)}
             for mr, h, t in list(zip(mrs, hypotheses, texts, strict=True))[:10]
