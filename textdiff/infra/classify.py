@@ -115,6 +115,8 @@ def train_classifier(
     splits = load_text_splits(load_config(Path(model_dir) / "experiment.yaml").data)
     if augment == "auto":
         augment = e2e_swap_venues if labels_of is e2e_slot_labels else None
+    if augment is not None and not callable(augment):
+        raise ValueError(f'augment must be a callable, "auto" or None; got {augment!r}')
     rows = {
         "train": _labelled(pipe, splits["train"], labels_of, augment, seed),
         "validation": _labelled(pipe, splits["validation"], labels_of),

@@ -5,7 +5,9 @@
 per label — independent labels (sigmoid), so a sentence may carry several (e.g. the slots
 ``food[Japanese]`` and ``area[riverside]`` of an E2E meaning representation). ``pooling``
 ``"max"`` (what :func:`~textdiff.infra.classify.train_classifier` trains) scores each label at
-every position and pools with a smooth maximum (log-sum-exp), "the sentence says it somewhere";
+every position and pools with a smooth maximum, "the sentence says it somewhere":
+``logit_k = log Σ_i exp(s_ik) − log L`` over the L positions' scores ``s_ik``, which lies
+between their mean and their maximum;
 ``"mean"`` averages the positions' states before one head (the config's default, so classifiers
 saved before the field existed load as they were trained). It is
 trained on latents ``h_t ~ q(h_t | E[w])`` of one diffusion model's word table ``E`` at random
