@@ -223,9 +223,9 @@ class KnowsExceptCondition:
     def embed(self, ids):
         return torch.zeros(*ids.shape, 4)
 
-    def __call__(self, x, t):
+    def __call__(self, x, t, start=0):
         out = torch.full((*x.shape[:2], self.vocab), -1e4).scatter(-1, self.ids[..., None], 0.0)
-        return torch.where(self.clean[..., None], torch.zeros_like(out), out)
+        return torch.where(self.clean[..., None], torch.zeros_like(out), out)[:, start:]
 
 
 def test_mask_partial_noising_never_masks_the_condition_and_leaves_it_out_of_the_loss():
@@ -245,6 +245,27 @@ def test_mask_partial_noising_never_masks_the_condition_and_leaves_it_out_of_the
     assert not masked[:, :4].any() and masked[:, 4:].any()
     bound = p.nll_bound(model, ids, num_t=2, generator=gen, clean=clean)
     assert float(bound.total.max()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mask_loss_skips_the_condition_read_out_and_scores_the_sentence_alike():
+    """The loss predicts from the first non-condition position on: the same terms as the
+    full read-out, position by position, and the network still reads the condition."""
+    from test_samplers import random_pipe
+
+    pipe = random_pipe("mask", condition_len=6)
+    model, p, C = pipe.model, pipe.process, 6
+    ids = torch.randint(4, len(pipe.tokenizer), (5, 16), generator=torch.Generator().manual_seed(0))
+    x, t0 = model.embed(ids), torch.zeros(5)
+    assert torch.allclose(model(x, t0, start=C), model(x, t0)[:, C:], atol=1e-6)
+    other = torch.where(condition_positions(5, 16, C), ids.roll(1, 0), ids)
+    assert not torch.allclose(model(model.embed(other), t0, start=C), model(x, t0, start=C))
+    clean, t = condition_positions(5, 16, C), torch.full((5,), 0.5, dtype=torch.float64)
+    nll, n = p._masked_nll(model, ids, t, torch.Generator().manual_seed(3), clean)
+    z = p.q_sample(ids, t, generator=torch.Generator().manual_seed(3))
+    z, masked = torch.where(clean, ids, z), (z == p.mask_id) & ~clean
+    full = -p.log_probs(model, z).gather(-1, ids[..., None])[..., 0]
+    assert torch.equal(n, masked.sum(1)) and masked[:, C:].any()
+    assert torch.allclose(nll, torch.where(masked, full, 0.0).sum(1), atol=1e-5)
 
 
 def test_condition_dropout_replaces_whole_conditions():

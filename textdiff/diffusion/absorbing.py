@@ -58,21 +58,29 @@ class MaskProcess(ForwardProcess):
         u = torch.rand(ids.shape, generator=generator).to(ids.device)
         return torch.where(u < keep, ids, torch.full_like(ids, self.mask_id))
 
-    def log_probs(self, model: Denoiser, z: Tensor) -> Tensor:
-        """``log p_θ(· | z_t)`` (B, L, V) in float32, with [MASK] never predicted."""
+    def log_probs(self, model: Denoiser, z: Tensor, start: int = 0) -> Tensor:
+        """``log p_θ(· | z_t)`` (B, L − start, V) in float32, with [MASK] never predicted; the
+        first ``start`` positions (a clean condition) are read but not predicted."""
         t = torch.zeros(z.shape[0], device=z.device)  # not time-conditioned (module docstring)
-        logits = model(model.embed(z), t).float()
+        x = model.embed(z)
+        logits = (model(x, t, start=start) if start else model(x, t)).float()
         logits[..., self.mask_id] = float("-inf")
         return logits.log_softmax(-1)
 
     def _masked_nll(self, model: Denoiser, ids: Tensor, t: Tensor, generator, clean) -> tuple:
         """Per sequence: ``Σ_{i: z_t,i = MASK} −log p_θ(w_i | z_t)`` and the number of masks;
-        positions where ``clean`` (B, L) is True are never masked."""
+        positions where ``clean`` (B, L) is True are never masked. The network predicts only
+        from the first column that is not clean in every row on (the condition of the
+        data-to-text layout is a prefix): the read-out and softmax skip the condition."""
         z = self.q_sample(ids, t, generator=generator)
         masked = z == self.mask_id
+        start = 0
         if clean is not None:  # a clean position may hold [MASK] itself: the null condition
             z, masked = torch.where(clean, ids, z), masked & ~clean
-        nll = -self.log_probs(model, z).gather(-1, ids[..., None])[..., 0]  # (B, L)
+            start = int(clean.all(0).int().cumprod(0).sum())  # the clean prefix's length
+        log_probs = self.log_probs(model, z, start)
+        nll = -log_probs.gather(-1, ids[:, start:, None])[..., 0]  # (B, L − start)
+        masked = masked[:, start:]
         return torch.where(masked, nll, 0.0).sum(1), masked.sum(1)  # nll is inf at a null [MASK]
 
     def loss(

@@ -41,7 +41,10 @@ class Denoiser(Protocol):
         """Word-table rows ``E[ids]``: (B, L) -> (B, L, d)."""
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The prediction from the word part ``x_t`` (B, L, d) at times ``t`` (B,)."""
+        """The prediction from the word part ``x_t`` (B, L, d) at times ``t`` (B,).
+
+        Training a [MASK]-mode model with a clean condition prefix of ``C`` positions also
+        calls it as ``(x_t, t, start=C)``: the prediction at positions ``C`` on only."""
 
     def word_table(self) -> Tensor:
         """The word table ``E`` (V, d)."""

@@ -215,13 +215,15 @@ class TextDiffusionModel(PreTrainedModel):
         t: Tensor,
         x0_prev: Tensor | None = None,
         attention_mask: Tensor | None = None,
+        start: int = 0,
     ) -> Tensor:
         """Predict from the noised word part ``x_t`` (B, L, d) at times ``t`` (B,) in [0, 1].
 
         ``x0_prev`` (B, L, d) is the previous clean-embedding estimate for a self-conditioned
         model (zeros when absent; ignored otherwise). ``attention_mask`` (B, L), optional, hides
-        positions whose value is False from all others. Returns (B, L, d) or (B, L, V) per
-        ``config.output``.
+        positions whose value is False from all others. Returns (B, L − start, d) or
+        (B, L − start, V) per ``config.output``: every position is read, the first ``start``
+        (a clean condition, say) are not predicted.
         """
         B, L, _ = x_t.shape
         if L > self.seq_len:
@@ -240,7 +242,7 @@ class TextDiffusionModel(PreTrainedModel):
         phases = self.rotary_phases(L, h.device, h.dtype) if self.rotary else None
         for block in self.blocks:
             h = block(h, bias, phases)
-        return self.head(self.ln_out(h))
+        return self.head(self.ln_out(h[:, start:] if start else h))
 
     def rotary_phases(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple:
         """Cached ``(cos, sin)`` of the rotary angles, (L, head_dim / 2) each."""
