@@ -90,6 +90,39 @@ def test_e2e_format_splits_mr_and_sentence(tmp_path):
     assert train["condition"][:] == ["name : A | food : B", "name : C"]
 
 
+def test_e2e_venue_augmentation_appends_a_swapped_copy_of_every_training_row(tmp_path):
+    from textdiff.infra.config import ConfigError
+    from textdiff.infra.e2e import parse_mr
+
+    names = ["The Eagle", "Aromi", "Zizzi", "The Mill", "Cotto", "Strada"]
+    lines = [
+        f"name : {n} | food : Thai | near : Burger King||{n} near Burger King is Thai ."
+        for n in names
+    ]
+    lines += [f"name : {n} | area : riverside||{n.lower()} is on the riverside ." for n in names]
+    path = write_lines(tmp_path / "e2e.txt", lines)
+    valid = write_lines(tmp_path / "v.txt", lines[:1])
+    splits = load(
+        format="e2e", data_files={"train": path, "validation": valid}, augment="e2e_venues"
+    )
+    train = splits["train"]
+    assert len(train) == 24 and len(splits["validation"]) == 1  # only training rows are copied
+    assert train["text"][:12] == [line.split("||")[1].strip() for line in lines]
+    changed = 0
+    copies = zip(train["condition"][:12], train["condition"][12:], train["text"][12:], strict=True)
+    for old, condition, text in copies:
+        before, after = dict(parse_mr(old)), dict(parse_mr(condition))
+        assert after.keys() == before.keys() and after.get("near") != after["name"]
+        assert after.get("food") == before.get("food") and after.get("area") == before.get("area")
+        assert after["name"] in text and after.get("near", "") in text  # MR and sentence agree
+        if after["name"] != before["name"]:
+            changed += 1
+            assert before["name"].lower() not in text.lower()
+    assert changed >= 6
+    with pytest.raises(ConfigError, match="format: e2e"):
+        load(data_files={"train": path}, augment="e2e_venues")
+
+
 def test_lowercase_blank_lines_and_max_train_samples(tmp_path):
     path = write_lines(tmp_path / "t.txt", ["The Cat .", "", "A DOG .", "   ", "x"])
     valid = write_lines(tmp_path / "v.txt", ["One", "Two", "Three"])

@@ -13,8 +13,6 @@ the target (Diffusion-LM's protocol), beside the same figures without control.
 from __future__ import annotations
 
 import logging
-import random
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -31,7 +29,7 @@ from ..models.pipeline import TextDiffusionPipeline
 from ..models.tokenization import encode
 from .config import load_config
 from .data import load_text_splits
-from .e2e import parse_mr, realised, to_source_mr
+from .e2e import e2e_swap_venues, parse_mr, realised
 
 logger = logging.getLogger(__name__)
 
@@ -41,39 +39,6 @@ def e2e_slot_labels(condition: str, text: str) -> list[str]:
     return [f"{a}[{v}]" for a, v in parse_mr(condition) if realised(a, v, text)]
 
 
-VENUES = ("name", "near")
-
-
-def e2e_swap_venues(
-    conditions: list[str], texts: list[str], seed: int = 0
-) -> tuple[list[str], list[str]]:
-    """A copy of every E2E row with its venue (``name``) and the venue it is near (``near``)
-    replaced, in the MR and the sentence alike, by others drawn at random from the values the
-    rows give each attribute. E2E pairs venues rigidly (every MR near Burger King names The
-    Eagle), so a classifier trained on the rows alone learns "The Eagle" for
-    ``near[Burger King]`` and steering writes the wrong name; the copies break such pairs."""
-    pools: dict[str, set[str]] = {a: set() for a in VENUES}
-    for condition in conditions:
-        for a, v in parse_mr(condition):
-            if a in pools:
-                pools[a].add(v)
-    rng, pool = random.Random(seed), {a: sorted(v) for a, v in pools.items()}
-    out_conditions, out_texts = [], []
-    for condition, text in zip(conditions, texts, strict=True):
-        slots = parse_mr(condition)
-        new = {a: rng.choice(pool[a]) for a, v in slots if a in VENUES and len(pool[a]) > 1}
-        near = new.get("near", dict(slots).get("near"))
-        if new.get("name") == near:  # a venue is not near itself
-            new["name"] = rng.choice([v for v in pool["name"] if v != near])
-        swaps = [(v, new[a]) for a, v in slots if a in new]
-        for i, (old, _) in enumerate(swaps):  # placeholders: a new value may be an old one
-            text = re.sub(re.escape(old), f"\x00{i}\x00", text, flags=re.IGNORECASE)
-        for i, (_, value) in enumerate(swaps):
-            text = text.replace(f"\x00{i}\x00", value)
-        slots = [(a, new.get(a, v)) for a, v in slots]
-        out_conditions.append(to_source_mr(", ".join(f"{a}[{v}]" for a, v in slots)))
-        out_texts.append(text)
-    return out_conditions, out_texts
 
 
 @dataclass

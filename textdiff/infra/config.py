@@ -61,9 +61,18 @@ class DataConfig:
     bpe_vocab_size: int = 8000
     lowercase: bool = False
     max_train_samples: int | None = None
+    # e2e_venues: the training rows plus a copy of each with its venues (name, near) swapped for
+    # others, in MR and sentence alike; E2E pairs venues rigidly, and a data-to-text model learns
+    # the pairing instead of reading the MR's name (textdiff.infra.e2e.e2e_swap_venues)
+    augment: Literal["none", "e2e_venues"] = "none"
 
     def check(self) -> None:
         check_positive(self, "min_frequency", "bpe_vocab_size")
+        if self.augment == "e2e_venues" and (self.format != "e2e" or self.streaming):
+            raise ConfigError(
+                "data.augment: e2e_venues needs data.format: e2e and data.streaming: false "
+                "(it rewrites MR||sentence rows in memory)"
+            )
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ConfigError(
                 f"data.max_train_samples must be positive or null, got {self.max_train_samples}"

@@ -24,6 +24,7 @@ from ..errors import TextdiffError
 from ..models.tokenization import SPECIAL_TOKENS, load_tokenizer, train_tokenizer
 from ..schema import short_repr
 from .config import DataConfig
+from .e2e import e2e_swap_venues
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def streams(dataset) -> bool:
 
 
 def _prepare_splits(raw: dict, cfg: DataConfig) -> dict:
-    """Each split prepared by :func:`_prepare`; the training split cut to max_train_samples."""
+    """Each split prepared by :func:`_prepare`; the training split cut to max_train_samples,
+    then augmented as ``cfg.augment`` says."""
     splits = {}
     for split, ds in raw.items():
         if split == "train" and cfg.max_train_samples is not None:
@@ -126,7 +128,23 @@ def _prepare_splits(raw: dict, cfg: DataConfig) -> dict:
             streaming = isinstance(ds, datasets.IterableDataset)
             ds = ds.take(n) if streaming else ds.select(range(min(n, len(ds))))
         splits[split] = _prepare(ds, split, cfg)
+    if cfg.augment == "e2e_venues" and "train" in splits:
+        splits["train"] = _swap_venues(splits["train"])
     return splits
+
+
+def _swap_venues(ds: datasets.Dataset) -> datasets.Dataset:
+    """``ds`` followed by a venue-swapped copy of every row (:func:`e2e_swap_venues`, seed 0;
+    one batch, so every row draws from the venues of the whole split)."""
+    if isinstance(ds, datasets.IterableDataset):
+        raise DataError("data.augment: e2e_venues needs a Dataset, not a streamed one")
+
+    def swap(batch: dict[str, list]) -> dict[str, list]:
+        conditions, texts = e2e_swap_venues(batch["condition"], batch["text"], seed=0)
+        return {"condition": conditions, "text": texts}
+
+    copies = ds.map(swap, batched=True, batch_size=None, desc="swapping venues")
+    return datasets.concatenate_datasets([ds, copies])
 
 
 def _check_files(cfg: DataConfig) -> None:
