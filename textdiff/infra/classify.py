@@ -39,8 +39,6 @@ def e2e_slot_labels(condition: str, text: str) -> list[str]:
     return [f"{a}[{v}]" for a, v in parse_mr(condition) if realised(a, v, text)]
 
 
-
-
 @dataclass
 class ClassifierResult:
     folder: Path
