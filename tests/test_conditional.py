@@ -540,3 +540,53 @@ def test_mbr_with_one_candidate_is_plain_decoding_and_picks_a_consensus(data2tex
     assert len(decode_mrs(pipe, mrs, 3, "slots", num_steps=3, seed=4)) == 2
     assert mbr_pick(["a b c d", "x y z w", "a b c e", "a b c d"]) in (0, 3)  # the consensus
     assert mbr_pick(["only"]) == 0
+
+
+def test_mbr_utilities_rank_slots_and_consensus_as_documented():
+    """ "slots": fewest missing slots first, then consensus against *all* candidates (here the
+    incomplete ones vote for the complete candidate closest to them); "bleu-slots" is "bleu"
+    with no penalty and "slots" with a penalty no consensus can outweigh."""
+    from textdiff.infra.e2e import mbr_choice
+
+    mr = "name[The Eagle], food[Indian]"
+    candidates = [
+        "Indian food is served at The Eagle , a lovely place by the sea .",  # complete, odd
+        "The Eagle serves Indian food near the river .",  # complete, like the incomplete ones
+        "The Eagle serves food near the river .",  # misses food[Indian]
+        "The Eagle serves food near the river .",
+        "The Eagle serves fine food near the river .",
+    ]
+    assert mbr_choice(mr, candidates, "bleu") in (2, 3)  # the consensus misses a slot
+    # the two complete ones alone would keep 0 (its BLEU against 1 is the higher); all five vote 1
+    assert mbr_choice(mr, candidates, "slots") == 1
+    assert mbr_choice(mr, candidates, "bleu-slots", slot_penalty=0.0) == mbr_choice(
+        mr, candidates, "bleu"
+    )
+    assert mbr_choice(mr, candidates, "bleu-slots", slot_penalty=10.0) == 1
+    assert mbr_choice(mr, candidates[1:2], "slots") == 0
+    with pytest.raises(ValueError, match="utility"):
+        mbr_choice(mr, candidates, "rouge")
+
+
+def test_devset_mrs_in_the_test_sets_slot_mix(e2e_dir):
+    """The validation MRs keep the slot-count shares of the MRs they are drawn like, each count's
+    MRs in file order; on the release: all 71 eight-slot devset MRs and 172 in all."""
+    from collections import Counter
+
+    from textdiff.infra.e2e import with_slot_mix
+
+    pairs = [(f"name[A{i}], eatType[pub]", [str(i)]) for i in range(10)]
+    pairs += [(f"name[B{i}], eatType[pub], area[riverside]", [str(i)]) for i in range(4)]
+    like = ["name[X], food[Thai]"] * 6 + ["name[X], food[Thai], near[Y]"] * 2
+    picked = with_slot_mix(pairs, like)
+    counts = Counter(len(parse_mr(mr)) for mr, _ in picked)
+    assert counts == {2: 10, 3: 3}  # 3 : 1 as in like, all the 2-slot MRs there are
+    assert [mr for mr, _ in picked if len(parse_mr(mr)) == 2] == [mr for mr, _ in pairs[:10]]
+    zip_path = Path(e2e_dir) / "e2e-dataset-v1.0.0.zip"
+    test = [mr for mr, _ in read_references(zip_path)]
+    dev = with_slot_mix(read_references(zip_path, "e2e-dataset/devset.csv"), test)
+    counts = Counter(len(parse_mr(mr)) for mr, _ in dev)
+    assert counts[8] == 71 and len(dev) == 172
+    share = Counter(len(parse_mr(mr)) for mr in test)
+    for n, c in share.items():
+        assert abs(counts[n] / len(dev) - c / len(test)) < 0.01

@@ -115,9 +115,11 @@ def test_confidence_reveals_exactly_k_positions_a_step():
         assert ((z == MASK).sum(1) == masks).all()
 
 
-def test_length_first_draws_the_length_from_the_models_eos_distribution():
+@pytest.mark.parametrize("tau", [1.0, 0.5, 0.25])
+def test_length_first_draws_the_length_from_the_models_eos_distribution(tau):
     """A denoiser whose [EOS] probability is 3/4 at position 3 and 1/4 at position 7: the placed
-    lengths follow it, and no [PAD] or [EOS] appears before the [EOS]."""
+    lengths follow it — sharpened to ``p^(1/τ)`` by ``length_temperature`` τ (3^(1/τ) : 1) —
+    and no [PAD] or [EOS] appears before the [EOS]."""
 
     class TwoLengths(Knows):
         def __call__(self, x, t):
@@ -136,11 +138,13 @@ def test_length_first_draws_the_length_from_the_models_eos_distribution():
         steps=4,
         sampler="confidence",
         length_first=True,
+        length_temperature=tau,
         generator=torch.Generator().manual_seed(0),
     )
     ends = (out.ids == EOS).float().argmax(1)
     assert set(ends.tolist()) == {3, 7}
-    assert (ends == 3).float().mean().item() == pytest.approx(0.75, abs=0.03)
+    odds = 3 ** (1 / tau)
+    assert (ends == 3).float().mean().item() == pytest.approx(odds / (odds + 1), abs=0.02)
     pos = torch.arange(10)
     assert ((out.ids == PAD) == (pos > ends[:, None])).all()  # [PAD] exactly after [EOS]
 

@@ -20,7 +20,9 @@ Options every mask sampler takes:
   ``p(i) ∝ p_θ(w_i = [EOS] | all masked)`` (exactly the model's length distribution, as there
   is one [EOS] per sentence), with [PAD] after it; the positions before it can then be neither
   [PAD] nor [EOS]. Confidence ordering otherwise reveals [PAD] and [EOS] first — they are the
-  most confident predictions — and cuts sentences short.
+  most confident predictions — and cuts sentences short. ``length_temperature`` τ < 1 draws
+  from ``p(i)^(1/τ)`` instead, nearer the mode: a length from the distribution's tail leaves
+  positions the content does not fill, and the model fills them by repeating words.
 - ``remask_steps`` (ReMDM, Wang et al., 2025): after the last step, that many extra network
   calls, each first masking again the ``remask_fraction`` of the revealed positions with the
   lowest confidence (the probability their token had when revealed) and then revealing them.
@@ -118,7 +120,15 @@ def length_step(process, z: Tensor, probs: Tensor, t, s, run: Run):
     memory = run.memory
     p_eos = memory["log_probs"][..., process.eos_id].double().exp()
     condition = run.known.clean if run.known is not None else None
-    place_length(process, p_eos, memory["held"], memory["held_ids"], run.noise, condition)
+    place_length(
+        process,
+        p_eos,
+        memory["held"],
+        memory["held_ids"],
+        run.noise,
+        condition,
+        run.options["length_temperature"],
+    )
     memory["content"] = inside_sentence(process, memory["held"], memory["held_ids"], condition)
     z = torch.where(memory["held"], memory["held_ids"], z)
     return z, z
@@ -168,7 +178,12 @@ class MaskSampler(Sampler):
             yield 0.0, 0.0, partial(_then, ancestral_step, j < rounds - 1)
 
 
-_COMMON = {"length_first": False, "remask_steps": 0, "remask_fraction": 0.1}
+_COMMON = {
+    "length_first": False,
+    "length_temperature": 1.0,
+    "remask_steps": 0,
+    "remask_fraction": 0.1,
+}
 
 MASK_SAMPLERS: dict[str, Sampler] = {
     "ancestral": MaskSampler(ancestral_step, options=dict(_COMMON), early_stop=False),

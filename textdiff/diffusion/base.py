@@ -179,17 +179,29 @@ class Sampler:
 
 
 def place_length(
-    process, p_eos: Tensor, held: Tensor, held_ids: Tensor, noise, condition: Tensor | None = None
+    process,
+    p_eos: Tensor,
+    held: Tensor,
+    held_ids: Tensor,
+    noise,
+    condition: Tensor | None = None,
+    temperature: float = 1.0,
 ) -> None:
     """Draw each row's [EOS] position from ``p_eos`` (B, L) over its free (not ``held``)
     positions and hold [EOS] there and [PAD] after it (``held`` and ``held_ids`` are updated in
     place). The model's probabilities of [EOS] at each position of an all-noise input are its
-    distribution of the sentence length (one [EOS] per sentence). Rows whose sentence already
-    holds an [EOS] (a template) keep theirs; the [EOS] that ends a data-to-text condition
-    (``condition``, (B, L) bool: the condition's positions) is not the sentence's."""
+    distribution of the sentence length (one [EOS] per sentence); ``temperature`` < 1 sharpens
+    it towards its mode (``p^(1/τ)``, renormalised). Rows whose sentence already holds an [EOS]
+    (a template) keep theirs; the [EOS] that ends a data-to-text condition (``condition``,
+    (B, L) bool: the condition's positions) is not the sentence's."""
     if process.eos_id is None or process.pad_id is None:
         raise ValueError("length_first needs the process's [EOS] and [PAD] ids (pad_id, eos_id)")
+    if not temperature > 0:
+        raise ValueError(f"length_temperature must be > 0, got {temperature}")
     p_eos = p_eos.double().masked_fill(held, 0.0)
+    if temperature != 1.0:  # in log space: p^(1/τ) of small p underflows
+        log_p = p_eos.log() / temperature
+        p_eos = (log_p - log_p.amax(1, keepdim=True).clamp(min=-1e300)).exp()
     has_eos = held & (held_ids == process.eos_id)
     if condition is not None:
         has_eos &= ~condition.to(has_eos.device)

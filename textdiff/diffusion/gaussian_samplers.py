@@ -96,7 +96,8 @@ def length_step(process, x: Tensor, x0_hat: Tensor, t, s, run: Run) -> tuple[Ten
     words = run.memory.pop("words")
     run.memory["length_pending"] = False
     clean = known.clean if known is not None else None
-    place_length(process, words[..., process.eos_id], held, ids, run.noise, clean)
+    eos = words[..., process.eos_id]
+    place_length(process, eos, held, ids, run.noise, clean, run.options["length_temperature"])
     run.known = Known(ids, held, clean)
     run.memory["x0_known"] = run.model.embed(ids.to(run.model.device)).float()
     ban_specials(process, run, run.known, words.shape[-1])
@@ -202,7 +203,7 @@ def dpm_solver_step(process, x_t: Tensor, x0_hat: Tensor, t, s, run: Run):
     return x_s + noise, x0_hat
 
 
-_LENGTH = {"length_first": False}
+_LENGTH = {"length_first": False, "length_temperature": 1.0}
 GAUSSIAN_SAMPLERS: dict[str, Sampler] = {
     "ddpm": GaussianSampler(ddpm_step, options=_LENGTH),
     "ddim": GaussianSampler(ddim_step, options={**_LENGTH, "eta": 0.0}),

@@ -44,6 +44,7 @@ import re
 import time
 import zipfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 TGEN_BLEU = 65.93  # the E2E challenge baseline (TGen) on this test set, Dušek et al. (2020)
 RELEASE_ZIP = "e2e-dataset-v1.0.0.zip"
 TEST_MEMBER = "e2e-dataset/testset_w_refs.csv"
+MBR_UTILITIES = ("bleu", "slots", "bleu-slots")
+SLOT_PENALTY = 0.1  # "bleu-slots": a missing slot costs as much as 0.1 of consensus BLEU
 # attribute names of the src1 files → the release's names (used as the canonical ones)
 CANONICAL = {"Type": "eatType", "price": "priceRange", "family friendly": "familyFriendly"}
 SOURCE_NAMES = {v: k for k, v in CANONICAL.items()}
@@ -87,6 +90,24 @@ def read_references(path: str | Path, member: str = TEST_MEMBER) -> list[tuple[s
             raise ValueError(f"{path}: expected columns mr, ref; found {list(row)}")
         refs.setdefault(row["mr"].strip(), []).append(row["ref"].strip())
     return list(refs.items())
+
+
+def with_slot_mix(pairs: list[tuple], like: Sequence[str]) -> list[tuple]:
+    """As many of ``pairs`` (``(mr, references)``, e.g. :func:`read_references`) as can keep
+    the mix of slot counts of the MRs ``like``: each count's share of the result is its share of
+    ``like``, the pairs of a count taken in their order. E2E's test MRs carry more slots than its
+    devset's (41% of the 630 test MRs have all 8, 13% of the 547 devset MRs and none of the first
+    200), and the slot count sets how hard an MR is; the devset MRs in the test's mix make a
+    validation set as hard as the test."""
+    want = Counter(len(parse_mr(mr)) for mr in like)
+    if not want:
+        raise ValueError("with_slot_mix needs at least one MR to take the mix of")
+    have: dict[int, list[tuple]] = {}
+    for pair in pairs:
+        have.setdefault(len(parse_mr(pair[0])), []).append(pair)
+    total = sum(want.values())
+    size = min(len(have.get(n, ())) * total / c for n, c in want.items())
+    return [pair for n, c in want.items() for pair in have.get(n, [])[: round(c * size / total)]]
 
 
 def parse_mr(mr: str) -> list[tuple[str, str]]:
@@ -260,7 +281,9 @@ def evaluate_data2text(
     progress: bool = False,
     mbr: int = 1,
     mbr_utility: str = "bleu",
+    slot_penalty: float = SLOT_PENALTY,
     member: str = TEST_MEMBER,
+    slot_mix_of: Sequence[str] | None = None,
     **generation,
 ) -> dict:
     """Generate one sentence for each E2E test MR (the first ``limit`` of them) with the
@@ -268,17 +291,29 @@ def evaluate_data2text(
     docstring). ``generation``: further arguments of ``generate`` (``num_steps``, ``sampler``,
     ``sampler_options``, ``seed``, ``guidance_scale``, ...). With ``mbr`` = k > 1, k
     candidates are generated per MR and one is kept (:func:`decode_mrs`). ``member``: the CSV
-    of the release zip to read (``e2e-dataset/devset.csv`` for the validation MRs)."""
+    of the release zip to read (``e2e-dataset/devset.csv`` for the validation MRs);
+    ``slot_mix_of``: MRs whose mix of slot counts the scored MRs keep
+    (:func:`with_slot_mix`; before ``limit``)."""
     if pipe.condition_len == 0:
         raise ValueError(
             "E2E BLEU needs a data-to-text model (process.condition_len > 0); this one is "
             "unconditional"
         )
-    pairs = read_references(references, member)[:limit]
+    pairs = read_references(references, member)
+    if slot_mix_of is not None:
+        pairs = with_slot_mix(pairs, slot_mix_of)
+    pairs = pairs[:limit]
     mrs = [mr for mr, _ in pairs]
     t0 = time.perf_counter()
     texts = decode_mrs(
-        pipe, mrs, mbr, mbr_utility, batch_size=batch_size, progress=progress, **generation
+        pipe,
+        mrs,
+        mbr,
+        mbr_utility,
+        slot_penalty=slot_penalty,
+        batch_size=batch_size,
+        progress=progress,
+        **generation,
     )
     seconds = time.perf_counter() - t0
     hypotheses = [detokenize(t) for t in texts]
@@ -296,6 +331,7 @@ def evaluate_data2text(
         "guidance_scale": generation.get("guidance_scale", 1.0),
         "mbr": mbr,
         "mbr_utility": mbr_utility if mbr > 1 else None,
+        "slot_penalty": slot_penalty if mbr > 1 and mbr_utility == "bleu-slots" else None,
         "seconds": seconds,
         "outputs": hypotheses,  # every sentence as scored: rescoring needs no decoding
         "examples": [
@@ -313,27 +349,50 @@ def evaluate_data2text(
     return report
 
 
-MBR_UTILITIES = ("bleu", "slots")
-
-
-def decode_mrs(pipe, mrs: list[str], k: int = 1, utility: str = "bleu", **generation) -> list:
+def decode_mrs(
+    pipe,
+    mrs: list[str],
+    k: int = 1,
+    utility: str = "bleu",
+    *,
+    slot_penalty: float = SLOT_PENALTY,
+    **generation,
+) -> list:
     """One sentence per MR. With ``k`` > 1, minimum-Bayes-risk selection among ``k``
-    candidates per MR (DiffuSeq): ``utility="bleu"`` keeps the candidate with the highest BLEU
-    against the other candidates (:func:`textdiff.infra.metrics.mbr_pick`); ``"slots"`` the one
-    that misses the fewest of the MR's slots, ties broken by that BLEU. The candidates of copy
-    ``c`` are samples ``c·N .. c·N + N − 1``, so with per-sample seeding candidate 0 of each MR
-    is exactly what plain decoding gives (``k = 1``)."""
-    from .metrics import mbr_pick
-
+    candidates per MR (:func:`mbr_choice`). The candidates of copy ``c`` are samples
+    ``c·N .. c·N + N − 1``, so with per-sample seeding candidate 0 of each MR is exactly what
+    plain decoding gives (``k = 1``)."""
     if k < 1 or utility not in MBR_UTILITIES:
         raise ValueError(f"mbr needs k ≥ 1 and a utility in {MBR_UTILITIES}; got {k}, {utility!r}")
     conditions = [to_source_mr(mr) for mr in mrs] * k
     texts = pipe.generate(len(conditions), condition=conditions, **generation)
-    chosen = []
-    for i, mr in enumerate(mrs):
-        candidates = texts[i :: len(mrs)]
-        if utility == "slots":
-            fewest = min(len(slot_errors(mr, c)) for c in candidates)
-            candidates = [c for c in candidates if len(slot_errors(mr, c)) == fewest]
-        chosen.append(candidates[mbr_pick(candidates)])
-    return chosen
+    return [
+        candidates[mbr_choice(mr, candidates, utility, slot_penalty)]
+        for mr, candidates in ((mr, texts[i :: len(mrs)]) for i, mr in enumerate(mrs))
+    ]
+
+
+def mbr_choice(
+    mr: str, candidates: list[str], utility: str = "bleu", slot_penalty: float = SLOT_PENALTY
+) -> int:
+    """The index of the candidate kept by minimum Bayes risk (DiffuSeq): each candidate's
+    *consensus* is its sentence BLEU against all the other candidates — the model's own samples
+    standing in for its distribution (:func:`textdiff.infra.metrics.bleu_against_others`).
+    ``"bleu"`` keeps the highest consensus; ``"slots"`` the candidate that misses the fewest of
+    the MR's slots, ties broken by consensus (still against all ``k``); ``"bleu-slots"`` the
+    highest consensus − ``slot_penalty`` × missing slots. The first wins ties."""
+    from .metrics import bleu_against_others
+
+    if utility not in MBR_UTILITIES:
+        raise ValueError(f"unknown MBR utility {utility!r}; expected one of {MBR_UTILITIES}")
+    if len(candidates) < 2:
+        return 0
+    consensus = bleu_against_others(candidates)
+    missing = [len(slot_errors(mr, c)) for c in candidates]
+    if utility == "bleu":
+        score = consensus
+    elif utility == "slots":
+        score = list(zip((-m for m in missing), consensus, strict=True))
+    else:
+        score = [c - slot_penalty * m for c, m in zip(consensus, missing, strict=True)]
+    return max(range(len(candidates)), key=lambda i: (score[i], -i))
