@@ -280,7 +280,7 @@ def evaluate_data2text(
     batch_size: int = 64,
     progress: bool = False,
     mbr: int = 1,
-    mbr_utility: str = "bleu",
+    mbr_utility: str = "bleu-slots",
     slot_penalty: float = SLOT_PENALTY,
     member: str = TEST_MEMBER,
     slot_mix_of: Sequence[str] | None = None,
@@ -353,7 +353,7 @@ def decode_mrs(
     pipe,
     mrs: list[str],
     k: int = 1,
-    utility: str = "bleu",
+    utility: str = "bleu-slots",
     *,
     slot_penalty: float = SLOT_PENALTY,
     **generation,
@@ -373,7 +373,7 @@ def decode_mrs(
 
 
 def mbr_choice(
-    mr: str, candidates: list[str], utility: str = "bleu", slot_penalty: float = SLOT_PENALTY
+    mr: str, candidates: list[str], utility: str = "bleu-slots", slot_penalty: float = SLOT_PENALTY
 ) -> int:
     """The index of the candidate kept by minimum Bayes risk (DiffuSeq): each candidate's
     *consensus* is its sentence BLEU against all the other candidates — the model's own samples
