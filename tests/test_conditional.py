@@ -406,6 +406,23 @@ def test_evaluate_data2text_on_the_e2e_test_set(data2text, e2e_dir):
     assert 0 <= report["slot_error_rate"] <= 1 and len(report["examples"]) == 4
 
 
+def test_cli_evaluate_scores_data2text_with_mbr(data2text, e2e_dir, tmp_path, capsys):
+    """``textdiff evaluate --mbr k`` scores the E2E test MRs with k candidates each; the
+    report keeps k and the utility, and a bad utility is refused in one line."""
+    pytest.importorskip("sacrebleu")
+    model, out = str(data2text.model_dir), tmp_path / "report.json"
+    zip_path = str(Path(e2e_dir) / "e2e-dataset-v1.0.0.zip")
+    args = ["evaluate", model, "--limit", "8", "--num-t", "1", "--samples", "2", "--steps", "3"]
+    args += ["--bleu-mrs", "3", "--mbr", "2", "--references", zip_path, "--quiet"]
+    assert main([*args, "--temperature", "0.5", "--out", str(out)]) == 0
+    e2e = json.loads(out.read_text())["e2e"]
+    assert e2e["test_mrs"] == 3 and e2e["mbr"] == 2 and e2e["mbr_utility"] == "bleu-slots"
+    capsys.readouterr()
+    assert main([*args, "--mbr-utility", "rouge"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "invalid choice" in err and "\n" not in err
+
+
 def test_cli_template_errors_are_one_line(data2text, capsys):
     model = str(data2text.model_dir)
     for bad in ("[The Eagle", '["The Eagle", 0]'):

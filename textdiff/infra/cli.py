@@ -23,6 +23,7 @@ from .. import __version__
 from ..errors import TextdiffError
 from .commands import cmd_evaluate, cmd_generate, cmd_plot, cmd_train
 from .config import MAX_EVAL_SAMPLES, MAX_SAMPLE_STEPS, MAX_SEED
+from .e2e import MBR_UTILITIES
 
 # libraries whose INFO lines are not the user's business (faiss: 8 lines about its loader)
 _QUIET_LOGGERS = ("httpx", "urllib3", "filelock", "datasets", "accelerate", "faiss")
@@ -208,6 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--references", help="E2E release zip (default: beside the data files)")
     e.add_argument("--bleu-mrs", type=_int(1), help="score only the first N test MRs")
     e.add_argument("--guidance", type=_number(0), default=1.0, help="guidance scale (data-to-text)")
+    e.add_argument(
+        "--mbr",
+        type=_int(1),
+        default=1,
+        help="data-to-text: k candidates per test MR, one kept by minimum Bayes risk (default 1)",
+    )
+    e.add_argument(
+        "--mbr-utility",
+        choices=MBR_UTILITIES,
+        default="bleu-slots",
+        help="what --mbr keeps: consensus BLEU, fewest missed slots, or consensus − 0.1 × missed",
+    )
+    e.add_argument("--temperature", type=_number(), help="as for generate (default: the model's)")
     e.add_argument("--seed", type=seed, default=0, help="seed of the bound's noise and samples")
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--quiet", action="store_true", help="no progress bars or logs")

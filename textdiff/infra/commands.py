@@ -134,6 +134,9 @@ def _evaluate(evaluate_model, args: argparse.Namespace) -> dict:
         references=args.references,
         bleu_mrs=args.bleu_mrs,
         guidance_scale=args.guidance,
+        mbr=args.mbr,
+        mbr_utility=args.mbr_utility,
+        temperature=args.temperature,
     )
 
 

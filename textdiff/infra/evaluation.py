@@ -224,15 +224,23 @@ def evaluate_model(
     references: str | Path | None = None,
     bleu_mrs: int | None = None,
     guidance_scale: float = 1.0,
+    mbr: int = 1,
+    mbr_utility: str = "bleu-slots",
 ) -> dict:
     """Everything ``textdiff evaluate`` reports, as a dict (see the module docstring).
 
     ``bleu`` (default: for data-to-text models) adds the E2E test-set BLEU and slot error rate
     for the first ``bleu_mrs`` test MRs (all 630 by default), with the release zip
     ``references`` (default: ``e2e-dataset-v1.0.0.zip`` beside the data files).
-    ``guidance_scale`` applies to every conditional generation.
+    ``guidance_scale`` applies to every conditional generation; ``mbr`` = k > 1 draws k
+    candidates per test MR and keeps one by minimum Bayes risk with ``mbr_utility``
+    (:func:`textdiff.infra.e2e.mbr_choice`).
     """
-    _check_arguments(max_sentences, num_t, num_samples, seed, bleu_mrs)
+    _check_arguments(max_sentences, num_t, num_samples, seed, bleu_mrs, mbr)
+    from .e2e import MBR_UTILITIES
+
+    if mbr_utility not in MBR_UTILITIES:
+        raise EvaluationError(f"mbr_utility must be one of {MBR_UTILITIES}, got {mbr_utility!r}")
     model_dir = Path(model_dir)
     pipe, bleu = _open(model_dir, reference_model, num_samples, bleu)
     cfg = _experiment(model_dir, data_config)
@@ -259,7 +267,13 @@ def evaluate_model(
 
         zip_path = references or _default_references(cfg)
         report["e2e"] = evaluate_data2text(
-            pipe, zip_path, limit=bleu_mrs, progress=progress, **generation
+            pipe,
+            zip_path,
+            limit=bleu_mrs,
+            progress=progress,
+            mbr=mbr,
+            mbr_utility=mbr_utility,
+            **generation,
         )
     report["summary"] = _summary(report)
     return report
@@ -283,9 +297,11 @@ def _open(model_dir: Path, reference, num_samples: int, bleu: bool | None):
     return pipe, bleu
 
 
-def _check_arguments(limit, num_t: int, num_samples: int, seed: int, bleu_mrs) -> None:
+def _check_arguments(limit, num_t: int, num_samples: int, seed: int, bleu_mrs, mbr=1) -> None:
     """The counts ``evaluate_model`` takes, as the command line checks its flags."""
-    counts = dict(max_sentences=limit, num_t=num_t, num_samples=num_samples, bleu_mrs=bleu_mrs)
+    counts = dict(
+        max_sentences=limit, num_t=num_t, num_samples=num_samples, bleu_mrs=bleu_mrs, mbr=mbr
+    )
     for name, value in counts.items():
         if value is not None and not (isinstance(value, int) and value >= 1):
             raise EvaluationError(f"{name} must be an integer ≥ 1 (or None), got {value!r}")
