@@ -607,3 +607,7 @@ def test_devset_mrs_in_the_test_sets_slot_mix(e2e_dir):
     share = Counter(len(parse_mr(mr)) for mr in test)
     for n, c in share.items():
         assert abs(counts[n] / len(dev) - c / len(test)) < 0.01
+    few = Counter(len(parse_mr(mr)) for mr, _ in with_slot_mix(dev, test, 40))
+    assert sum(few.values()) in range(38, 43) and few[8] == round(40 * share[8] / len(test))
+    with pytest.raises(ValueError, match="mix"):
+        with_slot_mix(pairs, ["name[X], food[Thai], near[Y], area[riverside]"])

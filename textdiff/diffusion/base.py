@@ -18,6 +18,7 @@ A process is a set of small operations that the shared algorithms call:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -196,7 +197,7 @@ def place_length(
     (B, L) bool: the condition's positions) is not the sentence's."""
     if process.eos_id is None or process.pad_id is None:
         raise ValueError("length_first needs the process's [EOS] and [PAD] ids (pad_id, eos_id)")
-    if not temperature > 0:
+    if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"length_temperature must be > 0, got {temperature}")
     p_eos = p_eos.double().masked_fill(held, 0.0)
     if temperature != 1.0:  # in log space: p^(1/τ) of small p underflows

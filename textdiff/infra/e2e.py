@@ -92,10 +92,11 @@ def read_references(path: str | Path, member: str = TEST_MEMBER) -> list[tuple[s
     return list(refs.items())
 
 
-def with_slot_mix(pairs: list[tuple], like: Sequence[str]) -> list[tuple]:
+def with_slot_mix(pairs: list[tuple], like: Sequence[str], size: int | None = None) -> list[tuple]:
     """As many of ``pairs`` (``(mr, references)``, e.g. :func:`read_references`) as can keep
-    the mix of slot counts of the MRs ``like``: each count's share of the result is its share of
-    ``like``, the pairs of a count taken in their order. E2E's test MRs carry more slots than its
+    the mix of slot counts of the MRs ``like`` (at most about ``size``): each count's share of
+    the result is its share of ``like``, the pairs of a count taken in their order, grouped by
+    count. E2E's test MRs carry more slots than its
     devset's (41% of the 630 test MRs have all 8, 13% of the 547 devset MRs and none of the first
     200), and the slot count sets how hard an MR is; the devset MRs in the test's mix make a
     validation set as hard as the test."""
@@ -106,8 +107,12 @@ def with_slot_mix(pairs: list[tuple], like: Sequence[str]) -> list[tuple]:
     for pair in pairs:
         have.setdefault(len(parse_mr(pair[0])), []).append(pair)
     total = sum(want.values())
-    size = min(len(have.get(n, ())) * total / c for n, c in want.items())
-    return [pair for n, c in want.items() for pair in have.get(n, [])[: round(c * size / total)]]
+    most = min(len(have.get(n, ())) * total / c for n, c in want.items())
+    size = most if size is None else min(most, size)
+    out = [pair for n, c in want.items() for pair in have.get(n, [])[: round(c * size / total)]]
+    if not out:
+        raise ValueError("no MRs keep that mix of slot counts (a count of `like` is missing)")
+    return out
 
 
 def parse_mr(mr: str) -> list[tuple[str, str]]:
@@ -293,15 +298,15 @@ def evaluate_data2text(
     candidates are generated per MR and one is kept (:func:`decode_mrs`). ``member``: the CSV
     of the release zip to read (``e2e-dataset/devset.csv`` for the validation MRs);
     ``slot_mix_of``: MRs whose mix of slot counts the scored MRs keep
-    (:func:`with_slot_mix`; before ``limit``)."""
+    (:func:`with_slot_mix`, about ``limit`` of them in that mix)."""
     if pipe.condition_len == 0:
         raise ValueError(
             "E2E BLEU needs a data-to-text model (process.condition_len > 0); this one is "
             "unconditional"
         )
     pairs = read_references(references, member)
-    if slot_mix_of is not None:
-        pairs = with_slot_mix(pairs, slot_mix_of)
+    if slot_mix_of is not None:  # ``limit`` scales every count's share, not a prefix
+        pairs = with_slot_mix(pairs, slot_mix_of, limit)
     pairs = pairs[:limit]
     mrs = [mr for mr, _ in pairs]
     t0 = time.perf_counter()
