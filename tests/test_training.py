@@ -169,3 +169,36 @@ def test_two_processes_with_accelerate_launch_stay_in_sync(tmp_path, e2e_dir):
     final = records(out)[-1]
     assert final["world_size"] == 2
     assert final["ranks_in_sync"] and len(final["param_checksums"]) == 2
+
+
+def test_keep_best_keeps_the_weights_of_the_lowest_validation_loss(tmp_path, e2e_dir):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "best"
+    extra = ["train.eval_every=2", "train.save_every=2", "train.keep_checkpoints=4"]
+    result = train(tiny(out, *extra, "train.keep_best=true", "train.lr=0.05"), progress=False)
+    valid = [r for r in records(out) if r["split"] == "valid"]
+    best = min(valid, key=lambda r: r["loss"])
+    assert result.best == (best["step"], best["loss"])
+    final = records(out)[-1]
+    assert (final["best_step"], final["best_loss"]) == result.best
+    kept = load_file(out / "best-model" / "model.safetensors")
+    checkpoint = out / "checkpoints" / f"step-{best['step']:08d}" / "model"  # its EMA weights
+    at_best = load_file(checkpoint / "model.safetensors")
+    assert kept.keys() == at_best.keys()
+    assert all((kept[k] == at_best[k]).all() for k in kept)
+    if best["step"] != 8:  # the final weights differ from the best ones
+        last = load_file(result.model_dir / "model.safetensors")
+        assert any((kept[k] != last[k]).any() for k in kept)
+    assert TextDiffusionPipeline.from_pretrained(out / "best-model").generate(1, num_steps=4)
+
+
+def test_keep_best_without_validation_split_is_refused(tmp_path, e2e_dir):
+    from textdiff.infra.data import DataError
+
+    train_file = str(Path(e2e_dir) / "src1_train.txt")
+    sets = ["train.keep_best=true", "data.data_files={}", f"data.data_files.train={train_file}"]
+    cfg = load_config(TINY, [f"train.output_dir={tmp_path / 'run'}", *sets])
+    with pytest.raises(DataError, match="keep_best needs a validation split"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()

@@ -31,6 +31,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"trained {result.steps} steps in {result.seconds / 60:.1f} min "
         f"({result.tokens_per_second:,.0f} tokens/s); model saved to {result.model_dir}"
     )
+    if result.best is not None:
+        step, loss = result.best
+        print(
+            f"lowest validation loss {loss:.4f} at step {step}: {result.output_dir / 'best-model'}"
+        )
     if result.last_eval:
         print("validation:")
         _print_metrics(result.last_eval)

@@ -107,6 +107,9 @@ class TrainConfig:
     eval_samples: int = 4  # sentences generated at each evaluation
     save_every: int = 500
     keep_checkpoints: int = 2
+    # also keep the weights of the evaluation with the lowest validation loss in best-model/ (a
+    # small corpus can be overfitted before max_steps; needs a validation split)
+    keep_best: bool = False
     # experiment trackers beside metrics.jsonl (accelerate's): none, all, or a comma-separated
     # list of tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio
     report_to: str = "none"

@@ -23,6 +23,8 @@ from .data import build_tokenizer, iter_texts
 
 logger = logging.getLogger(__name__)
 
+VALIDATION_SPLITS = ("validation", "valid", "test")  # the first present validates
+
 
 UNK_WARNING = 0.02  # warn when more than this share of the training tokens are [UNK]
 SAMPLE_TEXTS = 100_000  # training texts read for lengths and [UNK] (all of a smaller split)
@@ -44,7 +46,7 @@ def prepare_data(
     kwargs = dict(packing=cfg.data.packing, condition_len=cfg.process.condition_len)
     L = cfg.model.seq_len
     train_split = tokenize_split(splits["train"], tokenizer, L, name="train", **kwargs)
-    val = next((s for s in ("validation", "valid", "test") if s in splits), None)
+    val = next((s for s in VALIDATION_SPLITS if s in splits), None)
     val_split = tokenize_split(splits[val], tokenizer, L, name=val, **kwargs) if val else None
     return RunData(tokenizer, train_split, val_split, diagnostics)
 

@@ -21,6 +21,8 @@ Output folder::
     checkpoints/step-N/  accelerate state + trainer_state_R.json + rng_state_R + model/ (the
                          EMA weights as a model folder: TextDiffusionPipeline loads it)
     model/               the final model folder (EMA weights, model card), for the pipeline
+    best-model/          with ``train.keep_best``: the model folder of the evaluation with the
+                         lowest validation loss (its step in ``metrics.jsonl``'s final line)
     figures/             training_curves.png, acc_by_t.png (``textdiff train``, ``textdiff plot``)
 
 Exact resume: a run killed at any moment (even by SIGKILL) and rerun with ``resume=True`` goes on
@@ -62,11 +64,12 @@ from .checkpoint import (
 from .config import ExperimentConfig
 from .data import DataError, streams, text_splits
 from .optimization import Denoiser, lr_lambda, make_accelerator, make_optimizer
-from .prepare import prepare_data
+from .prepare import VALIDATION_SPLITS, prepare_data
 from .reporting import describe_data, validation_record, word_table_record, write_model_folder
 from .tracking import log_record, record_logs, start_trackers
 
 logger = logging.getLogger(__name__)
+BEST_MODEL = "best-model"  # train.keep_best's folder in the run folder
 
 
 @dataclasses.dataclass
@@ -78,6 +81,7 @@ class TrainResult:
     tokens_per_second: float
     last_eval: dict[str, float]
     main_process: bool = True  # False on the other ranks of a multi-process launch
+    best: tuple[int, float] | None = None  # train.keep_best: (step, validation loss) of best-model/
 
 
 def train(
@@ -147,6 +151,11 @@ class Trainer:
             raise DataError(
                 f"the data has no 'train' split (found {sorted(splits)}); name one in "
                 "data.data_files"
+            )
+        if self.tc.keep_best and not set(VALIDATION_SPLITS) & set(splits):
+            raise DataError(
+                f"train.keep_best needs a validation split (found {sorted(splits)}); name one "
+                "in data.data_files or set train.keep_best=false"
             )
         if self.main:
             prepare_run_folder(self.out, cfg, resume=resume, overwrite=overwrite)
@@ -347,7 +356,20 @@ class Trainer:
         self.module.train()
         self.log({"step": self.step, "split": "valid", **record})
         self.last_eval, self.last_eval_step = record, self.step
+        self._keep_if_best(record)
         return record
+
+    def _keep_if_best(self, record: dict) -> None:
+        """With ``train.keep_best``: ``best-model/`` becomes the current weights when this
+        evaluation's validation loss is the lowest yet (the best step and loss are part of the
+        trainer state, so a resumed run goes on comparing with them)."""
+        if not self.tc.keep_best or "loss" not in record:
+            return
+        if record["loss"] >= self.state.get("best_loss", math.inf):
+            return
+        self.state.update(best_loss=record["loss"], best_step=self.step)
+        if self.main:
+            write_folder(self.out / BEST_MODEL, self.write_model)
 
     def save(self) -> Path:
         """A checkpoint of the current step (refused if the weights became non-finite)."""
@@ -386,6 +408,7 @@ class Trainer:
                 "world_size": acc.num_processes,
                 "param_checksums": sums,
                 "ranks_in_sync": len(set(sums)) == 1,
+                **{k: self.state[k] for k in ("best_step", "best_loss") if k in self.state},
                 **(word_table_record(self) if self.main else {}),
             }
         )
@@ -397,4 +420,9 @@ class Trainer:
         acc.end_training()
         tokens_per_s = (self.state["tokens"] - self.tokens0) / max(seconds, 1e-9)
         result = (self.out, model_dir, self.step, seconds, tokens_per_s, self.last_eval)
-        return TrainResult(*result, main_process=self.main)
+        best = (
+            (self.state["best_step"], self.state["best_loss"])
+            if "best_step" in self.state
+            else None
+        )
+        return TrainResult(*result, main_process=self.main, best=best)
