@@ -1,5 +1,6 @@
 """A second corpus: the generic config (configs/lm.yaml) on ../shared/data/fortunes, one budget
-for the Gaussian, [MASK] and autoregressive models, beside the E2E ratios.
+for the Gaussian, [MASK] and autoregressive models, beside the E2E ratios. Each mode is scored
+with its weights of lowest validation loss (lm.yaml's ``train.keep_best``).
 
     .venv/bin/python benchmarks/corpus.py            # lm.yaml's budget (3,000 × 32), ~45 min
     .venv/bin/python benchmarks/corpus.py --quick    # 60 steps, 32 samples (a smoke run)
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         work = Path(reuse.get(mode, ROOT / "benchmarks" / "work" / name / mode))
         result = {**run_mode(mode, work, args, reference), "machine": _machine()}
-        reference = reference or str(work / "model")
+        reference = reference or str(work / ("best-model" if result["best"] else "model"))
         record = _merge(out, mode, result)
     if "ar" in record["modes"]:  # the ratios need the AR model's perplexity
         print_table(record["modes"])
@@ -114,11 +115,12 @@ def run_mode(mode: str, work: Path, args, reference: str | None) -> dict:
     data = next((r for r in logs if r.get("split") == "data"), {})
     final = next((r for r in reversed(logs) if r.get("split") == "final"), {})
     last = [r for r in logs if r.get("split") == "train"][-1]
-    reference = reference or str(result.model_dir)
+    model_dir = work / "best-model" if result.best else result.model_dir  # lm.yaml: keep_best
+    reference = reference or str(model_dir)
     valid_n = 32 if args.quick else args.valid_samples
-    choice = choose_temperature(mode, result.model_dir, reference, valid_n, args.seed)
+    choice = choose_temperature(mode, model_dir, reference, valid_n, args.seed)
     report = evaluate_model(
-        result.model_dir,
+        model_dir,
         split="test",
         num_samples=32 if args.quick else args.test_samples,
         temperature=choice["temperature"],
@@ -132,6 +134,7 @@ def run_mode(mode: str, work: Path, args, reference: str | None) -> dict:
         "data": {k: v for k, v in data.items() if k not in ("step", "split")},
         "word_table": {k: v for k, v in final.items() if k.startswith("table_")},
         "steps": result.steps,
+        "best": {"step": result.best[0], "valid_loss": result.best[1]} if result.best else None,
         "batch_size": cfg.train.batch_size,
         "tokens_per_s_logged": last.get("tokens_per_s"),
         "seconds_this_call": time.perf_counter() - t0,
