@@ -6,9 +6,11 @@ the AR model greedy and ancestral) and describes each sample set beside as many 
 **validation** sentences: network calls per batch of 64, seconds per 64 sentences (after a
 warm-up, one batch of 64 at a time), generative perplexity under the AR model, mean per-sample
 unigram entropy, mean words, distinct-2 and the faults of the id rows. Samples are
-unconditional, so "on validation" means that they are compared with validation sentences, and
-the choice (:func:`select`) reads only those figures. The evaluate stage then generates with the
-chosen settings on the test split (:func:`evaluate_stage`).
+unconditional, so "on validation" means that they are compared with validation sentences (and
+with as many training sentences, the text the models imitate, whose entropy and words set the
+choice's bars: E2E's validation and test sentences are longer than its training sentences); the
+choice (:func:`select`) reads only those figures, never the test split's. The evaluate stage
+then generates with the chosen settings on the test split (:func:`evaluate_stage`).
 """
 
 from __future__ import annotations
@@ -26,15 +28,18 @@ if TYPE_CHECKING:
 
 ENTROPY_SHARE = 0.95  # a chosen setting's mean unigram entropy ≥ 0.95 × real text's
 WORDS_TOLERANCE = 0.10  # its mean length in words within ±10 % of real text's
+# the bars are set by real *training* text, the text the models imitate (E2E's validation and
+# test sentences are longer: 22.4 / 24.9 / 27.2 words on average); validation text where a sweep
+# result has no training figures
 RULES = {
     "quality": "lowest generative perplexity within the call budget among settings whose "
     f"entropy is ≥ {ENTROPY_SHARE:g}× and whose words are within ±{WORDS_TOLERANCE:.0%} of real "
-    "validation text's",
+    "training text's",
     "length": "no setting within the call budget met the entropy bar: lowest generative "
-    f"perplexity among those whose words are within ±{WORDS_TOLERANCE:.0%} of real validation "
+    f"perplexity among those whose words are within ±{WORDS_TOLERANCE:.0%} of real training "
     "text's",
     "budget": f"no setting within the call budget had words within ±{WORDS_TOLERANCE:.0%} of real "
-    "validation text's: lowest generative perplexity within the budget",
+    "training text's: lowest generative perplexity within the budget",
     "saved": "no sweep setting within the call budget (or no sweep result): the model's saved "
     "default",
 }
@@ -139,14 +144,16 @@ def within(value: float, real: float, tolerance: float = WORDS_TOLERANCE) -> boo
 
 
 def select(sweep: dict | None, budget: dict[str, int]) -> dict:
-    """Per diffusion mode, the default chosen from the sweep's validation figures (the rules of
-    :data:`RULES`, in order): the point (its generate settings and figures) and the rule."""
+    """Per diffusion mode, the default chosen from the sweep's figures (the rules of
+    :data:`RULES`, in order, with the bars of :func:`bars`): the point (its generate settings and
+    figures) and the rule."""
     out = {}
     for mode, calls in budget.items():
         pts = [p for p in (sweep or {}).get("points", []) if p["mode"] == mode]
         pts = [p for p in pts if p["network_calls"] <= calls]
-        long_ok = [p for p in pts if within(p["words"], sweep["real_words"])] if pts else []
-        bar = ENTROPY_SHARE * sweep["real_entropy"] if pts else 0.0
+        real = bars(sweep) if pts else {}
+        long_ok = [p for p in pts if within(p["words"], real["words"])] if pts else []
+        bar = ENTROPY_SHARE * real["entropy"] if pts else 0.0
         tests = {
             "quality": [p for p in long_ok if p["entropy"] >= bar],
             "length": long_ok,
@@ -160,8 +167,18 @@ def select(sweep: dict | None, budget: dict[str, int]) -> dict:
             "budget": calls,
             "within_budget": len(pts),
             "point": point,
+            "bars_from": real.get("text"),
         }
     return out
+
+
+def bars(sweep: dict) -> dict:
+    """The real text whose entropy and words set the choice's bars: the training sentences the
+    sweep describes (the text the models imitate), else its validation sentences."""
+    prefix, text = (
+        ("train_real_", "training") if "train_real_words" in sweep else ("real_", "validation")
+    )
+    return {"text": text, "entropy": sweep[f"{prefix}entropy"], "words": sweep[f"{prefix}words"]}
 
 
 def save_choice(ctx: Context, mode: str, point: dict) -> Path:
@@ -215,11 +232,16 @@ def evaluate_stage(ctx: Context, choice: dict) -> dict:
     """``evaluate_model`` on the test split for every mode, samples scored by the AR model; each
     diffusion model generates with the setting ``choice`` holds for it (chosen on validation by
     ``sweep.select``), saved as the defaults of a copy of its folder; the Gaussian model also
-    with DDPM at the preset's reference steps and the chosen temperature (its target's bar)."""
+    with DDPM at the preset's reference steps and the chosen temperature (its target's bar).
+    Each sample set also carries the figures of as many random training sentences
+    (``train_real_*``)."""
     from textdiff.infra.evaluation import evaluate_model
+    from textdiff.models.pipeline import TextDiffusionPipeline
 
     ctx.need_models(*MODES)
     p, out = ctx.preset, {}
+    pipes = {m: TextDiffusionPipeline.from_pretrained(ctx.model_dir(m)) for m in ("gaussian", "ar")}
+    train_real = _real_figures(ctx, pipes, p.eval_samples, split="train", prefix="train_real_")
     for mode in MODES:
         start, point = time.perf_counter(), _get_point(choice, mode)
         folder, chosen = ctx.model_dir(mode), {}
@@ -240,6 +262,7 @@ def evaluate_stage(ctx: Context, choice: dict) -> dict:
         )
         out[mode]["choice"] = choice.get(mode)
         out[mode]["samples"]["temperature"] = _saved_temperature(folder)
+        out[mode]["samples"].update(train_real)  # the text imitated, beside the test text
         if mode == "gaussian":
             out[mode]["reference"] = reference_quality(ctx, folder, p.reference_steps)
         out[mode]["seconds"] = time.perf_counter() - start
