@@ -24,8 +24,6 @@ from .data import build_tokenizer, iter_texts
 logger = logging.getLogger(__name__)
 
 VALIDATION_SPLITS = ("validation", "valid", "test")  # the first present validates
-
-
 UNK_WARNING = 0.02  # warn when more than this share of the training tokens are [UNK]
 SAMPLE_TEXTS = 100_000  # training texts read for lengths and [UNK] (all of a smaller split)
 
