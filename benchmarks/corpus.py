@@ -32,7 +32,7 @@ from data2text import _machine  # noqa: E402
 from textdiff.infra.config import load_config  # noqa: E402
 from textdiff.infra.evaluation import EvaluationData, evaluate_model  # noqa: E402
 from textdiff.infra.quality import sample_quality  # noqa: E402
-from textdiff.infra.trainer import train  # noqa: E402
+from textdiff.infra.trainer import BEST_MODEL, train  # noqa: E402
 from textdiff.models.pipeline import TextDiffusionPipeline  # noqa: E402
 
 CONFIG = ROOT / "configs" / "lm.yaml"
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         work = Path(reuse.get(mode, ROOT / "benchmarks" / "work" / name / mode))
         result = {**run_mode(mode, work, args, reference), "machine": _machine()}
-        reference = reference or str(work / ("best-model" if result["best"] else "model"))
+        reference = reference or str(work / (BEST_MODEL if result["best"] else "model"))
         record = _merge(out, mode, result)
     if "ar" in record["modes"]:  # the ratios need the AR model's perplexity
         print_table(record["modes"])
@@ -115,7 +115,7 @@ def run_mode(mode: str, work: Path, args, reference: str | None) -> dict:
     data = next((r for r in logs if r.get("split") == "data"), {})
     final = next((r for r in reversed(logs) if r.get("split") == "final"), {})
     last = [r for r in logs if r.get("split") == "train"][-1]
-    model_dir = work / "best-model" if result.best else result.model_dir  # lm.yaml: keep_best
+    model_dir = work / BEST_MODEL if result.best else result.model_dir  # lm.yaml: keep_best
     reference = reference or str(model_dir)
     valid_n = 32 if args.quick else args.valid_samples
     choice = choose_temperature(mode, model_dir, reference, valid_n, args.seed)

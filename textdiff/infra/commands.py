@@ -17,7 +17,7 @@ def _print_metrics(record: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .trainer import train
+    from .trainer import BEST_MODEL, train
 
     overrides = list(args.set or [])
     if args.output_dir:
@@ -33,9 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if result.best is not None:
         step, loss = result.best
-        print(
-            f"lowest validation loss {loss:.4f} at step {step}: {result.output_dir / 'best-model'}"
-        )
+        print(f"lowest validation loss {loss:.4f} at step {step}: {result.output_dir / BEST_MODEL}")
     if result.last_eval:
         print("validation:")
         _print_metrics(result.last_eval)
