@@ -37,6 +37,12 @@ def _mean(v: Tensor, over: Tensor | None) -> Tensor:
     return (v * w).sum() / count.clamp(min=1)
 
 
+def _fp32(like: Tensor):
+    """A region that runs in float32 under autocast: the read-out over words (B, L, V) is
+    exact arithmetic on small factors, and a bf16 copy of it would cost more than its matmul."""
+    return torch.autocast(like.device.type, enabled=False)
+
+
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
     """A per-sequence (B,) or scalar float64 value as ``like``'s dtype, broadcastable to it."""
     v = v.to(device=like.device, dtype=like.dtype)
@@ -155,10 +161,13 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
     def evidence_logits(self, x_t: Tensor, t: Tensor | float, table: Tensor) -> Tensor:
         """``log q(h_t,i | w_i = v)`` up to a constant in ``v``, for every word row ``E_v``:
         ``(√ᾱ_t h·E_v − ½ ᾱ_t ‖E_v‖²) / (1 − ᾱ_t)``. (B, L, d) -> (B, L, V)."""
-        a = _bcast(self.alpha_bar(t), x_t)
+        a = _bcast(self.alpha_bar(t), x_t.float())
         table = table.float()
-        scores = a.sqrt() * (x_t.float() @ table.T) - 0.5 * a * table.pow(2).sum(1)
-        return scores / (1 - a)
+        # the (B, L, d) and (B, 1, V) factors are scaled, not the (B, L, V) product: two passes
+        # over the large tensor (the product and one in-place add) instead of four
+        with _fp32(x_t):
+            scores = (x_t.float() * (a.sqrt() / (1 - a))) @ table.T
+            return scores.add_((-0.5 * a / (1 - a)) * table.pow(2).sum(1))
 
     def predict_x0(
         self,
@@ -187,17 +196,20 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
                 f"{self.prediction!r}); leave it at 1"
             )
         if self.prediction == "x0":
-            return output
+            return output.float()
         if self.prediction == "eps":
-            return self.x0_from_eps(x_t, output, t)
-        logits = self.word_logits(output, x_t, t, table)
+            return self.x0_from_eps(x_t, output.float(), t)
+        logits = self.word_logits(output, x_t, t, table)  # a new tensor: changed in place
         if banned is not None:
-            logits = logits.masked_fill(banned, float("-inf"))
-        return (logits / temperature).softmax(-1) @ table.float()
+            logits.masked_fill_(banned, float("-inf"))
+        if temperature != 1.0:
+            logits.div_(temperature)
+        with _fp32(logits):
+            return logits.softmax(-1) @ table.float()
 
     def word_logits(self, output: Tensor, x_t: Tensor, t, table: Tensor) -> Tensor:
         """The posterior over words of a ``posterior`` model (B, L, V): output + evidence."""
-        return output.float() + self.evidence_logits(x_t, t, table)
+        return self.evidence_logits(x_t, t, table).add_(output)  # the output read in its dtype
 
     def denoise(
         self,
@@ -219,11 +231,11 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         read = partial(self.predict_x0, x_t=x_t, t=t, table=table, temperature=temperature)
         x0_hat = out = None
         if x0_prev is None:
-            out = model(x_t, t_net).float()
+            out = model(x_t, t_net)
             x0_hat = read(out, banned=banned)
         if getattr(model, "self_conditioning", False):
             prev = x0_hat if x0_prev is None else x0_prev
-            out = model(x_t, t_net, x0_prev=prev).float()
+            out = model(x_t, t_net, x0_prev=prev)
             x0_hat = read(out, banned=banned)
         if not words:
             return x0_hat
@@ -269,11 +281,13 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
             x_t = torch.where(clean[..., None], x0, x_t)
         table = model.word_table() if self.prediction == "posterior" else None
         out = self._train_forward(model, x_t, t, table, generator)
+        out = out if self.prediction == "posterior" else out.float()
         terms = {}
         if self.prediction == "posterior":  # logits (B, L, V): MSE of the mean row, plus CE
-            post = out + self.evidence_logits(x_t, t, table)
-            mse = _mean((post.softmax(-1) @ table.float() - x0).pow(2), noised)
-            nll = F.cross_entropy(post.transpose(1, 2), ids, reduction="none")  # (B, L)
+            log_post = self.word_logits(out, x_t, t, table).log_softmax(-1)
+            with _fp32(log_post):
+                mse = _mean((log_post.exp() @ table.float() - x0).pow(2), noised)
+            nll = -log_post.gather(-1, ids[..., None])[..., 0]  # (B, L)
             terms["posterior_ce"] = _mean(nll, noised)
         elif self.prediction == "x0":
             mse = _mean((out - x0).pow(2), noised)
@@ -303,12 +317,12 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         t = torch.as_tensor(t, dtype=torch.float64).expand(x_t.shape[0])
         t_net = t.float().to(x_t.device)
         if not getattr(model, "self_conditioning", False):
-            return model(x_t, t_net).float()  # (B, L, d), or (B, L, V) for "posterior"
+            return model(x_t, t_net)  # (B, L, d), or (B, L, V) for "posterior"
         x0_prev = torch.zeros_like(x_t)
         with torch.no_grad():
             even = x_t[0::2]
-            x0_prev[0::2] = self.predict_x0(model(even, t_net[0::2]).float(), even, t[0::2], table)
-        return model(x_t, t_net, x0_prev=x0_prev).float()
+            x0_prev[0::2] = self.predict_x0(model(even, t_net[0::2]), even, t[0::2], table)
+        return model(x_t, t_net, x0_prev=x0_prev)
 
     def predict_ids(
         self, model: Denoiser, ids: Tensor, t: float, *, rounder, generator=None, clean=None

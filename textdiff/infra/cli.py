@@ -21,6 +21,7 @@ import sys
 
 from .. import __version__
 from ..errors import TextdiffError
+from ..models.devices import reuse_freed_memory
 from .commands import cmd_evaluate, cmd_generate, cmd_plot, cmd_train
 from .config import MAX_EVAL_SAMPLES, MAX_SAMPLE_STEPS, MAX_SEED
 from .e2e import MBR_UTILITIES
@@ -247,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.func is not cmd_train:  # the trainer follows train.reuse_memory
+        reuse_freed_memory()
     if args.quiet:
         _quiet_libraries()
     try:

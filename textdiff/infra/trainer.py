@@ -49,6 +49,7 @@ import torch
 
 from ..diffusion.guidance import condition_positions, drop_conditions
 from ..diffusion.registry import build_process
+from ..models.devices import reuse_freed_memory
 from ..models.modeling import make_config, model_class, process_settings, token_ids
 from .checkpoint import (
     CheckpointManager,
@@ -141,6 +142,8 @@ class Trainer:
         if streams(dataset) and not cfg.data.streaming:  # the caller's IterableDataset
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, streaming=True))
         self.cfg, self.tc, self.resume = cfg, cfg.train, resume
+        if self.tc.reuse_memory and reuse_freed_memory():
+            logger.info("this process keeps freed memory for reuse (train.reuse_memory)")
         self.out = Path(self.tc.output_dir)
         self.accelerator = make_accelerator(self.tc, self.out / "logs")
         self.main = self.accelerator.is_main_process
