@@ -37,7 +37,7 @@ from textdiff.diffusion.registry import build_process
 from textdiff.diffusion.rounding import Rounder
 from textdiff.infra.config import load_config
 from textdiff.infra.optimization import Denoiser, make_optimizer
-from textdiff.models.devices import autocast, bf16_supported
+from textdiff.models.devices import autocast, bf16_supported, reuse_freed_memory
 from textdiff.models.modeling import make_config, model_class, process_settings, token_ids
 
 REFERENCE = ROOT.parent / "shared" / "tools" / "dlm-speed"  # Diffusion-LM's code, not the repo's
@@ -333,6 +333,10 @@ def measure_peer(budget: PeerBudget, log=print, compile: bool = False) -> dict:
     """Build both sides; time training, then sampling, in fp32 (and bf16 where native);
     ``compile``: textdiff's network under torch.compile."""
     size = Size(compile=compile)
+    # textdiff's trainer keeps freed memory for reuse (train.reuse_memory); it applies to the
+    # whole process, so both sides run on it (at this size no tensor reaches the 32 MiB where
+    # glibc would map it afresh)
+    allocator = "glibc heap, freed memory reused" if reuse_freed_memory() else "system default"
     su, reference = import_reference(size)
     np.random.seed(size.seed)  # the reference draws its training times with np.random
     sides = {"reference": ReferenceSide(su, size), "textdiff": TextdiffSide(size)}
@@ -348,6 +352,7 @@ def measure_peer(budget: PeerBudget, log=print, compile: bool = False) -> dict:
         "params": {**params, "ratio": params["textdiff"] / params["reference"]},
         "bf16_skipped": None if native else "the CPU has no bf16 unit (AVX-512-BF16 or AMX)",
         "textdiff_fused_adamw": bool(sides["textdiff"].opt.defaults.get("fused")),
+        "allocator": allocator,
         "train": {},
         "sample": {},
     }
