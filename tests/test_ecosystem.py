@@ -304,6 +304,7 @@ def test_reuse_freed_memory_stops_page_faults_of_large_tensors():
     assert int(default) > 10_000
     assert int(reused) < 500
 
+
 # ------------------------------------------------------------------ accelerate's settings
 
 
