@@ -206,10 +206,8 @@ class TextDiffusionModel(PreTrainedModel):
         return self.word_embedding.weight
 
     def logits(self, x: Tensor) -> Tensor:
-        """Tied read-out ``s · x · Eᵀ``: (..., d) -> (..., V), in float32 also under autocast
-        (a matmul over d is cheap; a bf16 copy of the (..., V) logits is not)."""
-        with torch.autocast(x.device.type, enabled=False):
-            return (self.readout_scale * x.float()) @ self.word_embedding.weight.float().T
+        """Tied read-out ``s · x · Eᵀ``: (..., d) -> (..., V)."""
+        return (self.readout_scale * x) @ self.word_embedding.weight.to(x.dtype).T
 
     def forward(
         self,
