@@ -4,6 +4,8 @@ with its weights of lowest validation loss (lm.yaml's ``train.keep_best``).
 
     .venv/bin/python benchmarks/corpus.py            # lm.yaml's budget (3,000 × 32), ~45 min
     .venv/bin/python benchmarks/corpus.py --quick    # 60 steps, 32 samples (a smoke run)
+    .venv/bin/python benchmarks/corpus.py --set train.max_steps=48000 --set model.seq_len=48 \
+        --out benchmarks/results/corpus-48k.json       # another budget, the same for all modes
 
 For each mode: the data figures the trainer logged (vocabulary, [UNK] share, seq_len and
 embed_dim chosen by ``auto``), training minutes and tokens/s; the sampling temperature chosen on
@@ -70,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated, of ar, gaussian, mask; the AR model must be trained (or "
         "listed) first: it scores the samples. Results of modes run earlier are kept.",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every mode (e.g. train.max_steps=48000); give --out too",
+    )
     p.add_argument("--valid-samples", type=int, default=128)
     p.add_argument("--test-samples", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -79,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     reuse = dict(item.split("=", 1) for item in args.reuse)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{name}.json"
     modes = [m for m in MODES if m in args.modes.split(",")]  # the AR model first
+    name = out.stem  # the runs' folder follows the results file: another budget, other runs
     ar = Path(reuse.get("ar", ROOT / "benchmarks" / "work" / name / "ar"))
     reference = None if "ar" in modes else str(ar / "model")
     for mode in modes:
@@ -108,6 +118,7 @@ def run_mode(mode: str, work: Path, args, reference: str | None) -> dict:
     if args.quick:
         overrides += ["train.max_steps=60", "train.warmup_steps=10", "train.eval_every=60"]
         overrides += ["train.save_every=60", "train.compile=false"]
+    overrides += args.set  # the user's last: they win
     cfg = load_config(CONFIG, overrides)
     t0 = time.perf_counter()
     result = train(cfg, resume=True, progress=True)
@@ -130,7 +141,7 @@ def run_mode(mode: str, work: Path, args, reference: str | None) -> dict:
     )
     report.pop("summary", None)
     return {
-        "overrides": MODES[mode],
+        "overrides": [*MODES[mode], *args.set],
         "data": {k: v for k, v in data.items() if k not in ("step", "split")},
         "word_table": {k: v for k, v in final.items() if k.startswith("table_")},
         "steps": result.steps,
