@@ -1,5 +1,6 @@
 """Training through the same entry point the CLI uses, the pipeline, and the CLI itself."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -193,6 +194,27 @@ def test_keep_best_keeps_the_weights_of_the_lowest_validation_loss(tmp_path, e2e
     assert TextDiffusionPipeline.from_pretrained(out / "best-model").generate(1, num_steps=4)
 
 
+def test_patience_stops_after_that_many_evaluations_without_a_lower_loss(
+    tmp_path, e2e_dir, monkeypatch
+):
+    import textdiff.infra.trainer as trainer_module
+
+    # best at step 2; no later evaluation beats it
+    losses = itertools.chain([3.0, 2.0, 2.5, 2.0], itertools.repeat(2.2))
+    monkeypatch.setattr(trainer_module, "validation_record", lambda trainer: {"loss": next(losses)})
+    out = tmp_path / "patient"
+    sets = ["train.eval_every=1", "train.save_every=100", "train.patience=2"]
+    result = train(tiny(out, *sets, "train.keep_best=true"), progress=False)
+    assert result.steps == 4 and result.best == (2, 2.0)
+    final = records(out)[-1]
+    assert final["stopped_early"] == 4 and final["best_step"] == 2
+    assert (out / "checkpoints" / "step-00000004").is_dir()  # saved where it stopped
+    again = train(tiny(out, *sets, "train.keep_best=true"), resume=True, progress=False)
+    assert again.steps == 4  # a resumed run that had stopped stays stopped
+    longer = ["train.eval_every=1", "train.save_every=100", "train.patience=3"]
+    assert train(tiny(out, *longer), resume=True, progress=False).steps == 5  # unless it grew
+
+
 def test_keep_best_without_validation_split_is_refused(tmp_path, e2e_dir):
     from textdiff.infra.data import DataError
 
@@ -202,3 +224,6 @@ def test_keep_best_without_validation_split_is_refused(tmp_path, e2e_dir):
     with pytest.raises(DataError, match="keep_best needs a validation split"):
         train(cfg, progress=False)
     assert not (tmp_path / "run").exists()
+    cfg = load_config(TINY, [f"train.output_dir={tmp_path / 'run'}", "train.patience=2", *sets[1:]])
+    with pytest.raises(DataError, match="patience needs a validation split"):
+        train(cfg, progress=False)

@@ -115,6 +115,9 @@ class TrainConfig:
     # also keep the weights of the evaluation with the lowest validation loss in best-model/ (a
     # small corpus can be overfitted before max_steps; needs a validation split)
     keep_best: bool = False
+    # stop once this many evaluations in a row have not lowered the best validation loss (0:
+    # never); the learning-rate schedule still spans max_steps. Needs a validation split
+    patience: int = 0
     # experiment trackers beside metrics.jsonl (accelerate's): none, all, or a comma-separated
     # list of tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio
     report_to: str = "none"
@@ -132,7 +135,7 @@ class TrainConfig:
             "save_every",
             "keep_checkpoints",
         )
-        for name in ("weight_decay", "warmup_steps", "clip_grad", "eval_samples"):
+        for name in ("weight_decay", "warmup_steps", "clip_grad", "eval_samples", "patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:

@@ -106,7 +106,7 @@ def train(
         tc = cfg.train
         bar = trainer.progress_bar(progress)
         with StopSignals() as stop:
-            while trainer.step < tc.max_steps:
+            while trainer.step < tc.max_steps and not trainer.stalled(quiet=True):
                 loss = trainer.train_step()
                 interrupted = trainer.after_step(loss, stop.signum is not None)
                 step, last = trainer.step, trainer.step == tc.max_steps
@@ -115,13 +115,17 @@ def train(
                     record = trainer.log_train()
                     speed = f"{record['tokens_per_s']:,.0f} tokens/s"
                     bar.set_postfix_str(f"loss={record['loss']:.4f}, {speed}")
+                stalled = False
                 if step % tc.eval_every == 0 or last:
                     trainer.evaluate()
-                if step % tc.save_every == 0 or last or interrupted:
+                    stalled = trainer.stalled()
+                if step % tc.save_every == 0 or last or interrupted or stalled:
                     saved = trainer.save()
                 if interrupted:
                     bar.close()
                     raise TrainingInterrupted(step, saved, stop.signum or signal.SIGINT)
+                if stalled:
+                    break
         bar.close()
         return trainer.finish()
 
@@ -155,11 +159,12 @@ class Trainer:
                 f"the data has no 'train' split (found {sorted(splits)}); name one in "
                 "data.data_files"
             )
-        if self.tc.keep_best and not set(VALIDATION_SPLITS) & set(splits):
-            raise DataError(
-                f"train.keep_best needs a validation split (found {sorted(splits)}); name one "
-                "in data.data_files or set train.keep_best=false"
-            )
+        for knob, off in (("keep_best", "false"), ("patience", "0")):
+            if getattr(self.tc, knob) and not set(VALIDATION_SPLITS) & set(splits):
+                raise DataError(
+                    f"train.{knob} needs a validation split (found {sorted(splits)}); name one "
+                    f"in data.data_files or set train.{knob}={off}"
+                )
         if self.main:
             prepare_run_folder(self.out, cfg, resume=resume, overwrite=overwrite)
         self.accelerator.wait_for_everyone()
@@ -366,13 +371,34 @@ class Trainer:
         """With ``train.keep_best``: ``best-model/`` becomes the current weights when this
         evaluation's validation loss is the lowest yet (the best step and loss are part of the
         trainer state, so a resumed run goes on comparing with them)."""
-        if not self.tc.keep_best or "loss" not in record:
+        if not (self.tc.keep_best or self.tc.patience) or "loss" not in record:
             return
         if record["loss"] >= self.state.get("best_loss", math.inf):
+            self.state["stale_evals"] = self.state.get("stale_evals", 0) + 1
             return
-        self.state.update(best_loss=record["loss"], best_step=self.step)
-        if self.main:
+        self.state.update(best_loss=record["loss"], best_step=self.step, stale_evals=0)
+        if self.main and self.tc.keep_best:
             write_folder(self.out / BEST_MODEL, self.write_model)
+
+    def stalled(self, quiet: bool = False) -> bool:
+        """With ``train.patience``: whether that many evaluations in a row (on any rank) have
+        not lowered the best validation loss; the run then stops early (logged unless
+        ``quiet``). A resumed run that had stopped stays stopped unless the patience grew."""
+        if not self.tc.patience:
+            return False
+        flag = torch.tensor([float(self.state.get("stale_evals", 0) >= self.tc.patience)])
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag.to(self.accelerator.device), "max").cpu()
+        if flag[0] and not quiet:
+            self.state["stopped_early"] = self.step
+            logger.info(
+                "stopping early at step %d: %d evaluations without a lower validation loss "
+                "than step %d's (train.patience)",
+                self.step,
+                self.tc.patience,
+                self.state.get("best_step", 0),
+            )
+        return bool(flag[0])
 
     def save(self) -> Path:
         """A checkpoint of the current step (refused if the weights became non-finite)."""
@@ -411,7 +437,11 @@ class Trainer:
                 "world_size": acc.num_processes,
                 "param_checksums": sums,
                 "ranks_in_sync": len(set(sums)) == 1,
-                **{k: self.state[k] for k in ("best_step", "best_loss") if k in self.state},
+                **{
+                    k: self.state[k]
+                    for k in ("best_step", "best_loss", "stopped_early")
+                    if k in self.state
+                },
                 **(word_table_record(self) if self.main else {}),
             }
         )
