@@ -145,6 +145,7 @@ def run_mode(mode: str, work: Path, args, reference: str | None) -> dict:
         "data": {k: v for k, v in data.items() if k not in ("step", "split")},
         "word_table": {k: v for k, v in final.items() if k.startswith("table_")},
         "steps": result.steps,
+        "stopped_early": final.get("stopped_early"),  # train.patience
         "best": {"step": result.best[0], "valid_loss": result.best[1]} if result.best else None,
         "batch_size": cfg.train.batch_size,
         "tokens_per_s_logged": last.get("tokens_per_s"),

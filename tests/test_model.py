@@ -71,6 +71,28 @@ def test_save_and_reload_give_identical_outputs(tmp_path):
     assert again.config.process == model.config.process
 
 
+def test_embed_norm_puts_every_word_row_on_a_sphere_everywhere_the_table_is_read(tmp_path):
+    model = tiny_model(embed_norm=2.5)
+    ids = torch.randint(0, 30, (3, 8))
+    table = model.word_table()
+    assert torch.allclose(table.norm(dim=-1), torch.full((30,), 2.5))
+    assert torch.allclose(
+        table,
+        model.word_embedding.weight
+        * (2.5 / model.word_embedding.weight.norm(dim=-1, keepdim=True)),
+    )
+    assert torch.equal(model.embed(ids), table[ids])  # h_0 = E[w] from the scaled rows
+    x = torch.randn(2, 8, 8)
+    assert torch.allclose(model.logits(x), x @ table.T)
+    assert torch.equal(Rounder(table).round(table[ids]), ids)
+    GaussianProcess("sqrt").loss(model, ids).loss.backward()  # the scale is differentiable
+    assert model.word_embedding.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    again = TextDiffusionModel.from_pretrained(tmp_path)
+    assert again.embed_norm == 2.5 and torch.equal(again.word_table(), model.word_table())
+    assert torch.allclose(tiny_model().word_table(), tiny_model().word_embedding.weight)
+
+
 def test_tiny_model_overfits_and_generates_its_sentences():
     sentences = torch.tensor(
         [

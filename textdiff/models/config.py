@@ -21,6 +21,10 @@ class ModelConfig:
     # d: word-table width (Diffusion-LM: 16 for E2E's 821 words, 128 for ROCStories' ~11k);
     # auto: 16 · (V / 821)^0.8 rounded to a multiple of 8, within [16, 256] (README: own data)
     embed_dim: int | Literal["auto"] = 16
+    # every word row scaled to this L2 norm (None: free, as Diffusion-LM). A free table grows
+    # until the words are told apart only at the noisiest end of the schedule; a fixed norm
+    # keeps that where training samples and sampling steps are (README: own data)
+    embed_norm: float | None = None
     pos_dim: int = 32  # d_p: sinusoidal position features concatenated to the word part
     hidden_size: int = 256  # D: Transformer width
     num_layers: int = 6
@@ -74,6 +78,8 @@ class ModelConfig:
                 f"feed-forward layer of 0 units; raise model.mlp_ratio to at least "
                 f"{1 / self.hidden_size:.3g}"
             )
+        if self.embed_norm is not None and not self.embed_norm > 0:
+            raise ConfigError(f"model.embed_norm must be positive (or null), got {self.embed_norm}")
         if not self.readout_scale > 0:
             raise ConfigError(f"model.readout_scale must be positive, got {self.readout_scale}")
 

@@ -171,7 +171,7 @@ class TextDiffusionModel(PreTrainedModel):
             raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
         D = cfg.hidden_size
         self.embed_dim, self.pos_dim, self.seq_len = cfg.embed_dim, cfg.pos_dim, cfg.seq_len
-        self.readout_scale = cfg.readout_scale
+        self.readout_scale, self.embed_norm = cfg.readout_scale, cfg.embed_norm
         self.word_embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
         self.self_conditioning = cfg.self_conditioning
         self.rotary, self.head_dim = cfg.rotary, cfg.hidden_size // cfg.num_heads
@@ -199,15 +199,21 @@ class TextDiffusionModel(PreTrainedModel):
 
     def embed(self, ids: Tensor) -> Tensor:
         """``h_0 = E[w]``: (B, L) -> (B, L, d)."""
-        return self.word_embedding(ids)
+        if self.embed_norm is None:
+            return self.word_embedding(ids)
+        return F.embedding(ids, self.word_table())
 
     def word_table(self) -> Tensor:
-        """The word table ``E`` (V, d)."""
-        return self.word_embedding.weight
+        """The word table ``E`` (V, d): the parameter, or with ``model.embed_norm`` ``r`` its
+        rows scaled to norm ``r``."""
+        weight = self.word_embedding.weight
+        if self.embed_norm is None:
+            return weight
+        return weight * (self.embed_norm / weight.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
     def logits(self, x: Tensor) -> Tensor:
         """Tied read-out ``s · x · Eᵀ``: (..., d) -> (..., V)."""
-        return (self.readout_scale * x) @ self.word_embedding.weight.to(x.dtype).T
+        return (self.readout_scale * x) @ self.word_table().to(x.dtype).T
 
     def forward(
         self,

@@ -226,7 +226,7 @@ class TextDiffusionPipeline:
         a model without one, the autoregressive baseline)."""
         if not hasattr(self.model, "word_embedding"):
             return None
-        weight = self.model.word_embedding.weight
+        weight = self.model.word_table()
         if self._rounder is None:
             self._rounder = Rounder(weight)
         else:
