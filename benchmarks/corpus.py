@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in MODES if m in args.modes.split(",")]  # the AR model first
     name = out.stem  # the runs' folder follows the results file: another budget, other runs
     ar = Path(reuse.get("ar", ROOT / "benchmarks" / "work" / name / "ar"))
-    reference = None if "ar" in modes else str(ar / "model")
+    # the AR model scores the samples: its best weights when the run kept them (train.keep_best)
+    reference = (
+        None if "ar" in modes else str(ar / (BEST_MODEL if (ar / BEST_MODEL).is_dir() else "model"))
+    )
     for mode in modes:
         work = Path(reuse.get(mode, ROOT / "benchmarks" / "work" / name / mode))
         result = {**run_mode(mode, work, args, reference), "machine": _machine()}

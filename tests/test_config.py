@@ -101,6 +101,33 @@ def test_network_config_resolves_output_from_noise():
     assert net.output == "logits" and net.vocab_size == 100
 
 
+def test_readout_scale_auto_is_the_exact_rounding_posterior_for_rows_of_one_norm():
+    import math
+
+    import torch
+
+    from textdiff.diffusion.gaussian import GaussianProcess
+    from textdiff.models.modeling import TextDiffusionConfig, TextDiffusionModel
+
+    sets = ["model.readout_scale=auto", "model.embed_norm=2", "model.embed_dim=8"]
+    cfg = load_config(None, sets)
+    net = cfg.network_config(50)
+    a0 = float(GaussianProcess("sqrt").alpha_bar(0.0))
+    assert math.isclose(net.readout_scale, math.sqrt(a0) / (1 - a0))
+    # the tied read-out is then Bayes' rule for h_0 ~ N(√ᾱ_0 E_w, (1 − ᾱ_0) I), uniform prior
+    torch.manual_seed(0)
+    model = TextDiffusionModel(TextDiffusionConfig.from_parts(net, cfg.process, cfg.sample))
+    table, h0 = model.word_table(), torch.randn(5, 8)
+    bayes = torch.distributions.Normal(math.sqrt(a0) * table, math.sqrt(1 - a0))
+    exact = bayes.log_prob(h0[:, None, :]).sum(-1).log_softmax(-1)
+    assert torch.allclose(model.logits(h0).double().log_softmax(-1), exact.double(), atol=1e-3)
+    assert load_config(None, sets[:1]).network_config(50).readout_scale == 1.0  # free rows
+    mask = load_config(None, [*sets, "process.noise=mask", "process.schedule=linear"])
+    assert mask.network_config(50).readout_scale == 1.0
+    with pytest.raises(ConfigError, match="model.embed_norm must be positive"):
+        load_config(None, ["model.embed_norm=-1"])
+
+
 def test_settings_written_by_earlier_versions_load_under_todays_names(tmp_path):
     """``process.num_steps`` (textdiff ≤ 0.1) is the chain length ``process.chain_length``."""
     cfg = load_config(write(tmp_path, "process:\n  num_steps: 300\nsample:\n  steps: 50\n"))

@@ -10,12 +10,14 @@ is checked by :mod:`textdiff.infra.resources`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..diffusion.registry import get_process_spec
+from ..diffusion.schedules import get_schedule
 from ..diffusion.settings import MAX_STEPS, ProcessConfig, SampleConfig
 from ..models.config import ModelConfig
 from ..schema import ConfigError, check_positive, from_dict, short_repr
@@ -207,7 +209,15 @@ class ExperimentConfig:
         output = self.model.output
         if output == "auto":
             output = get_process_spec(self.process.noise).output(self.process)
-        return dataclasses.replace(self.model, output=output, vocab_size=vocab_size)
+        scale = self.model.readout_scale
+        if scale == "auto":
+            scale = 1.0
+            if self.model.embed_norm is not None and self.process.noise == "gaussian":
+                a0 = float(get_schedule(self.process.schedule).alpha_bar(0.0))
+                scale = math.sqrt(a0) / (1 - a0)
+        return dataclasses.replace(
+            self.model, output=output, vocab_size=vocab_size, readout_scale=scale
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -34,7 +34,10 @@ class ModelConfig:
     # embedding: head D→d, a clean-embedding (or noise) prediction; logits: head D→V (mask
     # noise, or Gaussian noise with process.prediction=posterior); auto: chosen from the process
     output: Literal["auto", "embedding", "logits"] = "auto"
-    readout_scale: float = 1.0  # tied read-out logits = readout_scale · x · Eᵀ
+    # tied read-out logits = readout_scale · x · Eᵀ (the rounding term −log p(w | h_0)); auto:
+    # with model.embed_norm and Gaussian noise, the exact posterior over rows of one norm given
+    # h_0 ~ N(√ᾱ_0 E_w, (1 − ᾱ_0) I), i.e. √ᾱ_0 / (1 − ᾱ_0) (99.5 for sqrt); else 1
+    readout_scale: float | Literal["auto"] = 1.0
     # the denoiser also reads its own previous x̂_0 (Chen et al., 2022): H_t = [h_t ; x̂_0' ; e]
     self_conditioning: bool = False
     # rotary phases on each head's queries and keys (Su et al., 2021): attention scores see
@@ -80,7 +83,7 @@ class ModelConfig:
             )
         if self.embed_norm is not None and not self.embed_norm > 0:
             raise ConfigError(f"model.embed_norm must be positive (or null), got {self.embed_norm}")
-        if not self.readout_scale > 0:
+        if self.readout_scale != "auto" and not self.readout_scale > 0:
             raise ConfigError(f"model.readout_scale must be positive, got {self.readout_scale}")
 
 
