@@ -4,6 +4,7 @@ guidance, and the E2E BLEU / slot-error evaluation."""
 import csv
 import io
 import json
+import math
 import zipfile
 from pathlib import Path
 
@@ -415,8 +416,12 @@ def test_cli_evaluate_scores_data2text_with_mbr(data2text, e2e_dir, tmp_path, ca
     args = ["evaluate", model, "--limit", "8", "--num-t", "1", "--samples", "2", "--steps", "3"]
     args += ["--bleu-mrs", "3", "--mbr", "2", "--references", zip_path, "--quiet"]
     assert main([*args, "--temperature", "0.5", "--out", str(out)]) == 0
-    e2e = json.loads(out.read_text())["e2e"]
+    report = json.loads(out.read_text())
+    e2e, bound = report["e2e"], report["bound"]
     assert e2e["test_mrs"] == 3 and e2e["mbr"] == 2 and e2e["mbr_utility"] == "bleu-slots"
+    by_time = [x["nats_per_token"] for x in bound["by_time"]]  # the bound by stratum of t
+    exact = bound["terms_per_token"]["prior"]
+    assert len(by_time) == 1 and math.isclose(sum(by_time) + exact, bound["nll_per_token"])
     capsys.readouterr()
     assert main([*args, "--mbr-utility", "rouge"]) == 2
     err = capsys.readouterr().err.strip()

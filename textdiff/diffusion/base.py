@@ -72,13 +72,16 @@ class BoundTerms:
 
     ``terms`` maps each named term to its per-sequence estimate (B,); their sum is ``total``.
     ``num_t`` is the number of time samples each sequence's estimate averages over and
-    ``variance`` the estimated Monte-Carlo variance of each ``total``.
+    ``variance`` the estimated Monte-Carlo variance of each ``total``. ``by_time`` (B, num_t)
+    splits the per-time terms by stratum: column ``k`` estimates their part from times in
+    ``[k / num_t, (k + 1) / num_t)``, so each row sums to ``total`` less the exact terms.
     """
 
     total: Tensor  # (B,)
     terms: dict[str, Tensor]
     num_t: int
     variance: Tensor | None = None  # (B,) Monte-Carlo variance of ``total``
+    by_time: Tensor | None = None  # (B, num_t): the per-time terms' share of each stratum
 
 
 @dataclass

@@ -45,6 +45,7 @@ def stratified_bound(
             reps.setdefault(name, []).append(value.double())
     stacked = {name: torch.stack(v, 1) for name, v in reps.items()}  # each (B, K)
     per_rep = sum(stacked.values())
+    by_time = None if exact else per_rep / num_t  # replicate k: stratum k's share of the sum
     for value in constant.values():
         per_rep = value[:, None].to(per_rep.device) + per_rep
     terms = {**constant, **{name: v.mean(1) for name, v in stacked.items()}}
@@ -54,4 +55,4 @@ def stratified_bound(
         var = per_rep.var(1) / num_t
     else:
         var = torch.full((B,), float("nan"), dtype=torch.float64, device=ids.device)
-    return BoundTerms(per_rep.mean(1), terms, num_t, variance=var)
+    return BoundTerms(per_rep.mean(1), terms, num_t, variance=var, by_time=by_time)

@@ -70,6 +70,7 @@ def nll_bound(
     pad, C = pipe.tokenizer.pad_token_id, pipe.condition_len
     totals: dict[str, float] = {}
     nll = var = 0.0
+    by_time = None
     tokens = int((ids[:, C:] != pad).sum())
     device = pipe.model.device
     with _progress(progress, len(ids), "bound") as bar:
@@ -81,6 +82,8 @@ def nll_bound(
                 )
             nll += float(b.total.sum())
             var += float(b.variance.sum()) if b.variance is not None else 0.0
+            if b.by_time is not None:
+                by_time = b.by_time.sum(0).cpu() + (0 if by_time is None else by_time)
             for k, v in b.terms.items():
                 totals[k] = totals.get(k, 0.0) + float(v.sum())
             bar.update(len(batch))
@@ -90,11 +93,21 @@ def nll_bound(
         "perplexity_bound": math.exp(per_token),
         "stderr_nll_per_token": math.sqrt(var) / tokens,
         "terms_per_token": {k: v / tokens for k, v in totals.items()},
+        # where in the noise range the nats go: the per-time terms by stratum of t (the exact
+        # terms, e.g. the prior KL, are not in it); absent for an exact likelihood
+        **({} if by_time is None else {"by_time": _by_time(by_time / tokens)}),
         "num_t": num_t,
         "sentences": len(ids),
         "tokens": tokens,
         "estimator": "stratified time samples per sentence; exact for the autoregressive model",
     }
+
+
+def _by_time(per_token: torch.Tensor) -> list[dict]:
+    K = len(per_token)
+    return [
+        {"t": [k / K, (k + 1) / K], "nats_per_token": float(v)} for k, v in enumerate(per_token)
+    ]
 
 
 @torch.no_grad()
@@ -398,6 +411,10 @@ def _summary(report: dict) -> dict:
         "sentences / tokens": f"{b['sentences']} / {b['tokens']}",
     }
     out.update({f"term {k}": round(v, 4) for k, v in b["terms_per_token"].items()})
+    if "by_time" in b:  # one figure per stratum of t, low noise first
+        out["bound by t (nats/token)"] = " ".join(
+            f"{x['nats_per_token']:.2f}" for x in b["by_time"]
+        )
     out.update({f"acc t={k}": round(v, 4) for k, v in report["acc_by_t"].items()})
     for key in ("roundtrip_accuracy", "sample_margin_mean", "faiss_vs_readout_agreement"):
         if key in report["rounding"]:
