@@ -106,7 +106,8 @@ def train(
         tc = cfg.train
         bar = trainer.progress_bar(progress)
         with StopSignals() as stop:
-            while trainer.step < tc.max_steps and not trainer.stalled(quiet=True):
+            stalled = trainer.stalled(quiet=True)  # a resumed run that had stopped early
+            while trainer.step < tc.max_steps and not stalled:
                 loss = trainer.train_step()
                 interrupted = trainer.after_step(loss, stop.signum is not None)
                 step, last = trainer.step, trainer.step == tc.max_steps
@@ -115,7 +116,6 @@ def train(
                     record = trainer.log_train()
                     speed = f"{record['tokens_per_s']:,.0f} tokens/s"
                     bar.set_postfix_str(f"loss={record['loss']:.4f}, {speed}")
-                stalled = False
                 if step % tc.eval_every == 0 or last:
                     trainer.evaluate()
                     stalled = trainer.stalled()
@@ -124,8 +124,6 @@ def train(
                 if interrupted:
                     bar.close()
                     raise TrainingInterrupted(step, saved, stop.signum or signal.SIGINT)
-                if stalled:
-                    break
         bar.close()
         return trainer.finish()
 
