@@ -1,5 +1,6 @@
 """The denoiser: its input layout, gradients, save/load, and learning a few sentences."""
 
+import pytest
 import torch
 
 from textdiff.diffusion.gaussian import GaussianProcess
@@ -85,12 +86,19 @@ def test_embed_norm_puts_every_word_row_on_a_sphere_everywhere_the_table_is_read
     x = torch.randn(2, 8, 8)
     assert torch.allclose(model.logits(x), x @ table.T)
     assert torch.equal(Rounder(table).round(table[ids]), ids)
-    GaussianProcess("sqrt").loss(model, ids).loss.backward()  # the scale is differentiable
-    assert model.word_embedding.weight.grad.abs().sum() > 0
+    GaussianProcess("sqrt").loss(model, ids).loss.backward()
+    weight, grad = model.word_embedding.weight, model.word_embedding.weight.grad
+    assert grad[ids.unique()].abs().sum(-1).min() > 0
+    # growing a row does not change the table: the gradient is orthogonal to every row (it
+    # would not be if the norm were taken as a constant)
+    cos = (grad * weight).sum(-1) / (grad.norm(dim=-1) * weight.norm(dim=-1) + 1e-30)
+    assert cos.abs().max() < 1e-4
     model.save_pretrained(tmp_path)
     again = TextDiffusionModel.from_pretrained(tmp_path)
     assert again.embed_norm == 2.5 and torch.equal(again.word_table(), model.word_table())
     assert torch.allclose(tiny_model().word_table(), tiny_model().word_embedding.weight)
+    with pytest.raises(ValueError, match="readout_scale must be resolved"):
+        tiny_model(readout_scale="auto")
 
 
 def test_tiny_model_overfits_and_generates_its_sentences():

@@ -205,14 +205,21 @@ def test_patience_stops_after_that_many_evaluations_without_a_lower_loss(
     out = tmp_path / "patient"
     sets = ["train.eval_every=1", "train.save_every=100", "train.patience=2"]
     result = train(tiny(out, *sets, "train.keep_best=true"), progress=False)
-    assert result.steps == 4 and result.best == (2, 2.0)
+    assert result.steps == 4 and result.best == (2, 2.0) and result.stopped_early
     final = records(out)[-1]
     assert final["stopped_early"] == 4 and final["best_step"] == 2
     assert (out / "checkpoints" / "step-00000004").is_dir()  # saved where it stopped
     again = train(tiny(out, *sets, "train.keep_best=true"), resume=True, progress=False)
     assert again.steps == 4  # a resumed run that had stopped stays stopped
     longer = ["train.eval_every=1", "train.save_every=100", "train.patience=3"]
-    assert train(tiny(out, *longer), resume=True, progress=False).steps == 5  # unless it grew
+    grown = train(tiny(out, *longer), resume=True, progress=False)  # unless it grew
+    assert grown.steps == 5 and grown.best is None  # (best-model/ is keep_best's)
+    assert records(out)[-1]["stopped_early"] == 5
+    ran_out = train(
+        tiny(out, "train.eval_every=1", "train.patience=9"), resume=True, progress=False
+    )
+    assert ran_out.steps == 8 and not ran_out.stopped_early
+    assert "stopped_early" not in records(out)[-1]
 
 
 def test_keep_best_without_validation_split_is_refused(tmp_path, e2e_dir):

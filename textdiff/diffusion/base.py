@@ -74,7 +74,8 @@ class BoundTerms:
     ``num_t`` is the number of time samples each sequence's estimate averages over and
     ``variance`` the estimated Monte-Carlo variance of each ``total``. ``by_time`` (B, num_t)
     splits the per-time terms by stratum: column ``k`` estimates their part from times in
-    ``[k / num_t, (k + 1) / num_t)``, so each row sums to ``total`` less the exact terms.
+    ``[k / num_t, (k + 1) / num_t)`` (the process's low-noise terms, e.g. rounding, in column
+    0), so each row sums to ``total`` less the exact terms.
     """
 
     total: Tensor  # (B,)
@@ -262,6 +263,9 @@ class ForwardProcess(ABC):
     one's may reuse its output (the loop's cache)."""
     exact_bound: bool = False
     """True when :meth:`bound_terms` is exact (no Monte Carlo, zero variance)."""
+    low_noise_terms: tuple[str, ...] = ()
+    """Terms of :meth:`bound_terms` that are costs at ``t ≈ 0`` whatever the uniforms ``u``
+    (e.g. rounding): :class:`BoundTerms` ``by_time`` counts them in the first stratum."""
     eval_times: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     """Noise levels at which evaluation reports the accuracy of the denoiser's tokens."""
 

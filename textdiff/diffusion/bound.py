@@ -45,7 +45,12 @@ def stratified_bound(
             reps.setdefault(name, []).append(value.double())
     stacked = {name: torch.stack(v, 1) for name, v in reps.items()}  # each (B, K)
     per_rep = sum(stacked.values())
-    by_time = None if exact else per_rep / num_t  # replicate k: stratum k's share of the sum
+    by_time = None
+    if not exact:  # replicate k: stratum k's share of the sum; t ≈ 0 costs in stratum 0
+        low = [stacked[n] for n in process.low_noise_terms if n in stacked]
+        by_time = (per_rep - sum(low)) / num_t if low else per_rep / num_t
+        if low:
+            by_time[:, 0] += sum(low).mean(1)
     for value in constant.values():
         per_rep = value[:, None].to(per_rep.device) + per_rep
     terms = {**constant, **{name: v.mean(1) for name, v in stacked.items()}}

@@ -64,6 +64,7 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
     samplers = GAUSSIAN_SAMPLERS
     default_sampler = "ddpm"
     sample_options = {"temperature": 1.0, "clamp": False}
+    low_noise_terms = ("embedding", "rounding")  # the step t_1 → 0 and −log p(w | h_0)
 
     def __init__(
         self,

@@ -27,11 +27,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if not result.main_process:  # one report, one figures folder, one set of samples
         return 0
-    early = (
-        f" (stopped early: train.patience={cfg.train.patience})"
-        if result.steps < cfg.train.max_steps
-        else ""
-    )
+    early = f" (stopped early: train.patience={cfg.train.patience})" if result.stopped_early else ""
     print(
         f"trained {result.steps} steps{early} in {result.seconds / 60:.1f} min "
         f"({result.tokens_per_second:,.0f} tokens/s); model saved to {result.model_dir}"

@@ -83,6 +83,7 @@ class TrainResult:
     last_eval: dict[str, float]
     main_process: bool = True  # False on the other ranks of a multi-process launch
     best: tuple[int, float] | None = None  # train.keep_best: (step, validation loss) of best-model/
+    stopped_early: bool = False  # train.patience stopped the run before max_steps
 
 
 def train(
@@ -366,9 +367,10 @@ class Trainer:
         return record
 
     def _keep_if_best(self, record: dict) -> None:
-        """With ``train.keep_best``: ``best-model/`` becomes the current weights when this
-        evaluation's validation loss is the lowest yet (the best step and loss are part of the
-        trainer state, so a resumed run goes on comparing with them)."""
+        """The best validation loss so far and the evaluations since (``train.keep_best``,
+        ``train.patience``); with ``keep_best`` ``best-model/`` becomes the current weights when
+        this evaluation's validation loss is the lowest yet (the best step and loss are part of
+        the trainer state, so a resumed run goes on comparing with them)."""
         if not (self.tc.keep_best or self.tc.patience) or "loss" not in record:
             return
         if record["loss"] >= self.state.get("best_loss", math.inf):
@@ -387,7 +389,9 @@ class Trainer:
         flag = torch.tensor([float(self.state.get("stale_evals", 0) >= self.tc.patience)])
         if self.accelerator.num_processes > 1:
             flag = self.accelerator.reduce(flag.to(self.accelerator.device), "max").cpu()
-        if flag[0] and not quiet:
+        if not flag[0]:
+            self.state.pop("stopped_early", None)  # a resumed run given more patience
+        elif not quiet and self.step < self.tc.max_steps:
             self.state["stopped_early"] = self.step
             logger.info(
                 "stopping early at step %d: %d evaluations without a lower validation loss "
@@ -453,7 +457,8 @@ class Trainer:
         result = (self.out, model_dir, self.step, seconds, tokens_per_s, self.last_eval)
         best = (
             (self.state["best_step"], self.state["best_loss"])
-            if "best_step" in self.state
+            if "best_step" in self.state and self.tc.keep_best
             else None
         )
-        return TrainResult(*result, main_process=self.main, best=best)
+        early = "stopped_early" in self.state
+        return TrainResult(*result, main_process=self.main, best=best, stopped_early=early)

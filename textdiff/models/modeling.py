@@ -167,6 +167,8 @@ class TextDiffusionModel(PreTrainedModel):
         cfg.check()
         if cfg.output == "auto":
             raise ValueError("model.output must be resolved to 'embedding' or 'logits'")
+        if cfg.readout_scale == "auto":  # ExperimentConfig.network_config resolves it
+            raise ValueError("model.readout_scale must be resolved to a number")
         if cfg.vocab_size <= 0:
             raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
         D = cfg.hidden_size
