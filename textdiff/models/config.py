@@ -21,9 +21,10 @@ class ModelConfig:
     # d: word-table width (Diffusion-LM: 16 for E2E's 821 words, 128 for ROCStories' ~11k);
     # auto: 16 · (V / 821)^0.8 rounded to a multiple of 8, within [16, 256] (README: own data)
     embed_dim: int | Literal["auto"] = 16
-    # every word row scaled to this L2 norm (None: free, as Diffusion-LM). A free table grows
-    # until the words are told apart only at the noisiest end of the schedule; a fixed norm
-    # keeps that where training samples and sampling steps are (README: own data)
+    # every word row scaled to this L2 norm (None: free, as Diffusion-LM). Free rows start near
+    # norm √d and grow; the wider the table, the later in the schedule the noise hides words,
+    # until it happens only at its noisiest end. A fixed norm keeps it where the training
+    # times and sampling steps are (README: own data)
     embed_norm: float | None = None
     pos_dim: int = 32  # d_p: sinusoidal position features concatenated to the word part
     hidden_size: int = 256  # D: Transformer width
