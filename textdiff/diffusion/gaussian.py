@@ -241,7 +241,7 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         conditioned = getattr(model, "self_conditioning", False)
         if x0_prev is None:
             start = self.start_estimate(x_t, t, table) if conditioned else None
-            out = model(x_t, t_net, x0_prev=start)
+            out = model(x_t, t_net) if start is None else model(x_t, t_net, x0_prev=start)
             x0_hat = read(out, banned=banned)
         if conditioned:
             prev = x0_hat if x0_prev is None else x0_prev
