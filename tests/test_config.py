@@ -149,7 +149,6 @@ def test_settings_written_by_earlier_versions_load_under_todays_names(tmp_path):
         ("train.lr=1e999", "train.lr must be a finite number, got inf"),
         ("model.readout_scale=.nan", "model.readout_scale must be a finite number"),
         ("model.readout_scale=0", "model.readout_scale must be positive"),
-        ("process.self_condition_start=evidence", "needs process.prediction=posterior"),
         ("model.dropout=.nan", "model.dropout must be a finite number"),
         ("model.seq_len=1", r"model.seq_len must be ≥ 2"),
         ("model.mlp_ratio=0.001", "feed-forward layer of 0 units; raise model.mlp_ratio"),

@@ -152,39 +152,6 @@ def test_self_conditioning_reads_the_previous_estimate():
         assert torch.equal(prev, out)  # ... every later step the x̂_0 of the step before
 
 
-def test_self_conditioning_can_start_from_the_evidence_alone():
-    """``self_condition_start="evidence"``: where a self-conditioned posterior model has no
-    previous x̂_0 (the first sampling step, the odd training rows) it reads Bayes' mean word
-    row under the Gaussian evidence alone, ``Σ_v p(v | h_t) E_v`` with a uniform prior."""
-    model = tiny_model(output="logits", self_conditioning=True)
-    p = GaussianProcess("sqrt", prediction="posterior", self_condition_start="evidence")
-    table = model.word_table().detach()
-
-    def bayes_mean(x, t):
-        a = p.alpha_bar(t).float()[:, None, None, None]
-        log_lik = torch.distributions.Normal(a.sqrt() * table, (1 - a).sqrt())
-        return log_lik.log_prob(x[:, :, None, :]).sum(-1).softmax(-1) @ table
-
-    calls = []
-    model.register_forward_hook(
-        lambda mod, args, kwargs, out: calls.append((*args, kwargs["x0_prev"].clone())),
-        with_kwargs=True,
-    )
-    p.sample(model.eval(), (2, 8), steps=3, sampler="ddim", generator=torch.Generator())
-    x, t, prev = calls[0]
-    assert torch.allclose(prev, bayes_mean(x, t.double()), atol=1e-5)  # the first step
-    calls.clear()
-    ids = torch.randint(0, 30, (4, 8))
-    p.loss(model.train(), ids, t=torch.tensor([0.3, 0.5, 0.7, 0.9], dtype=torch.float64))
-    (x_even, _, first), (x, t, prev) = calls  # the no-gradient pass, then the trained one
-    start = bayes_mean(x.detach(), t.double())
-    assert torch.allclose(first, start[0::2], atol=1e-5)
-    assert torch.allclose(prev[1::2], start[1::2], atol=1e-5)  # the odd rows: the evidence
-    assert not torch.allclose(prev[0::2], start[0::2], atol=1e-3)  # the even: the network's
-    with pytest.raises(ValueError, match="needs prediction='posterior'"):
-        GaussianProcess("sqrt", prediction="x0", self_condition_start="evidence")
-
-
 def test_sampling_temperature_reaches_every_step_of_a_posterior_model():
     model = tiny_model(output="logits").eval()
     p = GaussianProcess("sqrt", prediction="posterior")

@@ -75,12 +75,10 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         *,
         pad_id: int | None = None,
         eos_id: int | None = None,
-        self_condition_start: str = "zeros",
     ):
         for name, value, valid in (
             ("prediction", prediction, PREDICTIONS),
             ("eps_weighting", eps_weighting, EPS_WEIGHTINGS),
-            ("self_condition_start", self_condition_start, ("zeros", "evidence")),
         ):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {valid}")
@@ -89,9 +87,6 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         self.schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
         self.prediction, self.chain_length = prediction, chain_length
         self.eps_weighting, self.pad_id, self.eos_id = eps_weighting, pad_id, eos_id
-        if self_condition_start == "evidence" and prediction != "posterior":
-            raise ValueError("self_condition_start='evidence' needs prediction='posterior'")
-        self.self_condition_start = self_condition_start
 
     # ---------------------------------------------------------------- closed forms, §2
     def alpha_bar(self, t: Tensor | float) -> Tensor:  # ᾱ(t), float64
@@ -170,14 +165,6 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         scores = (x * (a.sqrt() / (1 - a))) @ table.T
         return scores.add_((-0.5 * a / (1 - a)) * table.pow(2).sum(1))
 
-    def start_estimate(self, x_t: Tensor, t: Tensor | float, table: Tensor | None) -> Tensor | None:
-        """The previous ``x̂_0`` a self-conditioned model reads when it has none: ``None`` (the
-        model reads zeros) or, with ``self_condition_start="evidence"``, the mean word row
-        under each position's exact evidence alone, ``Σ_v softmax(evidence)_v E_v``."""
-        if self.self_condition_start == "zeros":
-            return None
-        return self.evidence_logits(x_t, t, table).softmax(-1) @ table.float()
-
     def predict_x0(
         self,
         output: Tensor,
@@ -238,12 +225,10 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
         table = model.word_table() if self.prediction == "posterior" else None
         read = partial(self.predict_x0, x_t=x_t, t=t, table=table, temperature=temperature)
         x0_hat = out = None
-        conditioned = getattr(model, "self_conditioning", False)
         if x0_prev is None:
-            start = self.start_estimate(x_t, t, table) if conditioned else None
-            out = model(x_t, t_net) if start is None else model(x_t, t_net, x0_prev=start)
+            out = model(x_t, t_net)
             x0_hat = read(out, banned=banned)
-        if conditioned:
+        if getattr(model, "self_conditioning", False):
             prev = x0_hat if x0_prev is None else x0_prev
             out = model(x_t, t_net, x0_prev=prev)
             x0_hat = read(out, banned=banned)
@@ -321,19 +306,16 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
 
     def _train_forward(self, model, x_t: Tensor, t: Tensor, table, generator) -> Tensor:
         """The network output for the loss; a self-conditioned model reads its own no-gradient
-        ``x̂_0`` (computed for those rows only, from the start estimate) on the even rows, the
-        start estimate (:meth:`start_estimate`: zeros, or the evidence's mean row) on the odd
-        ones: a random half, as the rows come shuffled and the stratified times alternate."""
+        ``x̂_0`` (computed for those rows only) on the even rows, zeros on the odd ones: a
+        random half, as the rows come shuffled and the stratified times alternate."""
         t = torch.as_tensor(t, dtype=torch.float64).expand(x_t.shape[0])
         t_net = t.float().to(x_t.device)
         if not getattr(model, "self_conditioning", False):
             return model(x_t, t_net)  # (B, L, d), or (B, L, V) for "posterior"
+        x0_prev = torch.zeros_like(x_t)
         with torch.no_grad():
-            start = self.start_estimate(x_t, t, table)
-            x0_prev = torch.zeros_like(x_t) if start is None else start.to(x_t.dtype)
             even = x_t[0::2]
-            first = model(even, t_net[0::2], x0_prev=None if start is None else x0_prev[0::2])
-            x0_prev[0::2] = self.predict_x0(first, even, t[0::2], table)
+            x0_prev[0::2] = self.predict_x0(model(even, t_net[0::2]), even, t[0::2], table)
         return model(x_t, t_net, x0_prev=x0_prev)
 
     def predict_ids(

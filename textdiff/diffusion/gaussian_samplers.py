@@ -54,17 +54,14 @@ class GaussianSampling:
 
     def predict(self, run: Run, x: Tensor, t, prev: Tensor | None) -> Tensor:
         """``x̂_0`` at ``t`` (:meth:`denoise`, with ``temperature``; a self-conditioned model
-        reads ``prev``; at the first step zeros or the evidence's mean row, per
-        ``self_condition_start``), snapped to its nearest word row with
+        reads ``prev``, zeros at the first step), snapped to its nearest word row with
         ``clamp``, and ``E[w]`` at known positions — so the trajectory leads to them. After a
         length was placed, the posterior rules out [PAD] and [EOS] before it."""
-        t_b = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
         if not getattr(run.model, "self_conditioning", False):
             prev = None
-        elif prev is None:  # the first step
-            table = run.model.word_table() if self.prediction == "posterior" else None
-            start = self.start_estimate(x, t_b, table)
-            prev = torch.zeros_like(x) if start is None else start.to(x.dtype)
+        elif prev is None:
+            prev = torch.zeros_like(x)
+        t_b = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
         options = dict(banned=run.memory.get("banned"), words=run.memory.get("length_pending"))
         x0_hat = self.denoise(run.model, x, t_b, prev, run.options["temperature"], **options)
         if options["words"]:

@@ -122,10 +122,6 @@ def _check_gaussian(p: ProcessConfig, s: SampleConfig, where: str) -> None:
         raise ConfigError(
             f"{where}temperature with Gaussian noise needs process.prediction=posterior"
         )
-    if p.self_condition_start == "evidence" and p.prediction != "posterior":
-        raise ConfigError(
-            "process.self_condition_start=evidence needs process.prediction=posterior"
-        )
 
 
 def _mask_id(token_ids: dict[str, int]) -> int:
@@ -166,7 +162,6 @@ register_process(
             p.eps_weighting,
             pad_id=ids["pad"],
             eos_id=ids["eos"],
-            self_condition_start=p.self_condition_start,
         ),
         schedules=tuple(SCHEDULES),
         output=lambda p: "logits" if p.prediction == "posterior" else "embedding",

@@ -32,11 +32,6 @@ class ProcessConfig:
     # sampling chooses its own number of steps (sample.steps)
     chain_length: int | None = 2000
     eps_weighting: Literal["simple", "vlb"] = "simple"
-    # what a self-conditioned Gaussian posterior model reads as its previous x̂_0 when it has
-    # none (the first call of a step, half the training rows): zeros (Chen et al., 2022), or
-    # evidence: each position's mean word row under its exact evidence alone (Bayes, no
-    # network), so the network sees from the start which words each noisy position may hold
-    self_condition_start: Literal["zeros", "evidence"] = "zeros"
     # data-to-text by partial noising (DiffuSeq): the first condition_len positions hold the
     # condition (E2E: the MR) + [EOS] + [PAD], kept clean (never noised, not in the loss); the
     # rest the sentence + [EOS] + [PAD]. 0: unconditional
