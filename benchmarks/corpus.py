@@ -90,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in MODES if m in args.modes.split(",")]  # the AR model first
     name = out.stem  # the runs' folder follows the results file: another budget, other runs
     ar = Path(reuse.get("ar", ROOT / "benchmarks" / "work" / name / "ar"))
-    # the AR model scores the samples: its best weights when the run kept them (train.keep_best)
-    reference = (
-        None if "ar" in modes else str(ar / (BEST_MODEL if (ar / BEST_MODEL).is_dir() else "model"))
-    )
+    reference = None if "ar" in modes else str(scored_weights(ar))
     for mode in modes:
         work = Path(reuse.get(mode, ROOT / "benchmarks" / "work" / name / mode))
         result = {**run_mode(mode, work, args, reference), "machine": _machine()}
@@ -116,6 +113,12 @@ def _merge(out: Path, mode: str, result: dict) -> dict:
     return record
 
 
+def scored_weights(run: Path) -> Path:
+    """The model folder a run is scored with: its best weights when it kept them
+    (lm.yaml's ``train.keep_best``), else its final ones."""
+    return run / BEST_MODEL if (run / BEST_MODEL).is_dir() else run / "model"
+
+
 def run_mode(mode: str, work: Path, args, reference: str | None) -> dict:
     overrides = [f"train.output_dir={work}", *MODES[mode]]
     if args.quick:
@@ -129,7 +132,7 @@ def run_mode(mode: str, work: Path, args, reference: str | None) -> dict:
     data = next((r for r in logs if r.get("split") == "data"), {})
     final = next((r for r in reversed(logs) if r.get("split") == "final"), {})
     last = [r for r in logs if r.get("split") == "train"][-1]
-    model_dir = work / BEST_MODEL if result.best else result.model_dir  # lm.yaml: keep_best
+    model_dir = scored_weights(work)
     reference = reference or str(model_dir)
     valid_n = 32 if args.quick else args.valid_samples
     choice = choose_temperature(mode, model_dir, reference, valid_n, args.seed)

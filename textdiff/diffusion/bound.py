@@ -47,10 +47,10 @@ def stratified_bound(
     per_rep = sum(stacked.values())
     by_time = None
     if not exact:  # replicate k: stratum k's share of the sum; t ≈ 0 costs in stratum 0
-        low = [stacked[n] for n in process.low_noise_terms if n in stacked]
-        by_time = (per_rep - sum(low)) / num_t if low else per_rep / num_t
-        if low:
-            by_time[:, 0] += sum(low).mean(1)
+        names = [n for n in process.low_noise_terms if n in stacked]
+        low = sum((stacked[n] for n in names), torch.zeros_like(per_rep))  # (B, K)
+        by_time = (per_rep - low) / num_t
+        by_time[:, 0] += low.mean(1)
     for value in constant.values():
         per_rep = value[:, None].to(per_rep.device) + per_rep
     terms = {**constant, **{name: v.mean(1) for name, v in stacked.items()}}

@@ -205,7 +205,11 @@ class ExperimentConfig:
             )
 
     def network_config(self, vocab_size: int) -> ModelConfig:
-        """The network's own config: ``output`` resolved from the process, ``vocab_size`` set."""
+        """The network's own config: ``output`` resolved from the process, ``vocab_size`` set,
+        ``readout_scale: auto`` resolved: with ``embed_norm`` and Gaussian noise the scale that
+        makes the tied read-out Bayes' rule for rows of one norm given
+        ``h_0 ~ N(√ᾱ_0 E_w, (1 − ᾱ_0) I)``, ``s = √ᾱ_0 / (1 − ᾱ_0)`` (``‖E_v‖²`` is then the same
+        for every ``v`` and drops out of the softmax); else 1."""
         output = self.model.output
         if output == "auto":
             output = get_process_spec(self.process.noise).output(self.process)

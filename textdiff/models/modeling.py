@@ -206,8 +206,8 @@ class TextDiffusionModel(PreTrainedModel):
         return F.embedding(ids, self.word_table())
 
     def word_table(self) -> Tensor:
-        """The word table ``E`` (V, d): the parameter, or with ``model.embed_norm`` ``r`` its
-        rows scaled to norm ``r``."""
+        """The word table ``E`` (V, d): the parameter ``W``, or with ``model.embed_norm`` ``r``
+        its rows scaled to that norm, ``E_v = r · W_v / ‖W_v‖`` (the gradient reaches ``W``)."""
         weight = self.word_embedding.weight
         if self.embed_norm is None:
             return weight
