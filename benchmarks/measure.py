@@ -173,6 +173,70 @@ def flops_per_token(config, batch_size: int) -> tuple[float, str]:
     return flops, how
 
 
+def matmul_products(config, batch_size: int) -> list[tuple[int, int, int, int]]:
+    """Every matrix product of one training step of a saved model config, as ``(g, m, k, n)``:
+    ``g`` independent ``(m × k) @ (k × n)`` products, ``2 g m k n`` FLOPs.
+
+    The same products :func:`flops_per_token` counts, so their FLOPs sum to it times the
+    step's ``batch_size × seq_len`` tokens: each weight matrix's forward product and its two
+    backward ones (input and weight gradients), attention's scores and values and their
+    backward products, and a self-conditioned Gaussian model's no-gradient forward on the
+    even rows.
+    """
+    if config.model_type == "gpt2":
+        D, L, layers, V = config.n_embd, config.n_positions, config.n_layer, config.vocab_size
+        F, H, ins, outs, extra = config.n_inner or 4 * D, config.n_head, [], [(D, V)], 0
+    else:
+        from textdiff.models.modeling import process_settings
+
+        cfg = config.model_config()
+        D, L, layers, H = cfg.hidden_size, cfg.seq_len, cfg.num_layers, cfg.num_heads
+        F = int(cfg.mlp_ratio * D)
+        ins = [(cfg.embed_dim * (2 if cfg.self_conditioning else 1) + cfg.pos_dim, D)]
+        outs = [(D, cfg.embed_dim if cfg.output == "embedding" else cfg.vocab_size)]
+        gaussian = process_settings(config).noise == "gaussian"
+        extra = -(-batch_size // 2) if cfg.self_conditioning and gaussian else 0
+    weights = ins + layers * [(D, 3 * D), (D, D), (D, F), (F, D)] + outs
+
+    def forward(rows: int) -> list[tuple[int, int, int, int]]:
+        heads, dh = rows * H, D // H
+        attention = [(heads, L, dh, L), (heads, L, L, dh)]  # q @ kᵀ, softmax(·) @ v
+        return [(1, rows * L, k, n) for k, n in weights] + layers * attention
+
+    products = []
+    for g, m, k, n in forward(batch_size):  # each product, then its two gradients
+        products += [(g, m, k, n), (g, m, n, k), (g, k, m, n)]
+    return products + (forward(extra) if extra else [])
+
+
+def matmul_ceiling(
+    dtype: torch.dtype, products: list[tuple[int, int, int, int]], seconds: float = 1.0
+) -> dict:
+    """FLOP/s of ``products`` (:func:`matmul_products`) alone, run back to back in ``dtype`` on
+    contiguous random operands: what a step that did nothing but its matmuls would reach. The
+    fastest of repeated runs (about ``seconds`` in all, at least three) counts."""
+    gen = torch.Generator().manual_seed(0)
+
+    def operand(*shape: int) -> torch.Tensor:
+        return torch.randn(*(shape[1:] if shape[0] == 1 else shape), generator=gen).to(dtype)
+
+    pairs = [(operand(g, m, k), operand(g, k, n)) for g, m, k, n in products]
+    flops = sum(2 * g * m * k * n for g, m, k, n in products)
+
+    def run() -> float:
+        t = time.perf_counter()
+        for a, b in pairs:
+            torch.matmul(a, b)  # mm for a weight's products, bmm for attention's
+        return time.perf_counter() - t
+
+    one = run()  # warm-up
+    best, spent, runs = float("inf"), 0.0, 0
+    while runs < 3 or spent < seconds - one:
+        dt = run()
+        best, spent, runs = min(best, dt), spent + dt, runs + 1
+    return {"flops": flops / best, "step_matmul_s": best, "products": len(products)}
+
+
 def alternate(
     sides: dict[str, Any], total: int, turn_size: int, turn: Callable[[Any, int], list[float]]
 ) -> dict[str, list[float]]:

@@ -103,6 +103,12 @@ def _mfu_row(r: dict) -> dict:
         return _row(name, "–", "≥ 60 %", None)
     peak = r["speed"]["peaks"]["fp32"]
     note = f"{run['model_flops'] / 1e9:.1f} of {peak['flops'] / 1e9:.1f} GFLOP/s"
+    ceiling = run.get("matmul_ceiling")
+    if ceiling and "fraction_of_peak" in ceiling:  # results of before the ceiling lack it
+        note += (
+            f"; the step's matmuls alone at its shapes reach {ceiling['fraction_of_peak']:.0%} "
+            f"of the peak and are {run['matmul_share']:.0%} of its time"
+        )
     if run["fraction_of_peak"] < 0.6:
         note += (
             f"; a step is {run['batch_size']}×{run['seq_len']} tokens at width "

@@ -24,7 +24,9 @@ What is measured, in one run, and how:
    a bf16 unit, bf16 (skipped, with the reason recorded, elsewhere), times the model FLOPs per
    token (``measure.flops_per_token``: ``TextDiffusionModel.num_flops_per_token`` plus
    self-conditioning's extra forward; ``6 N + 12 n_layer L D`` for GPT-2), over the best
-   square-matmul FLOP/s of the same dtype measured in the same run.
+   square-matmul FLOP/s of the same dtype measured in the same run; beside it the FLOP/s of the
+   step's own matmuls run alone at its shapes (``measure.matmul_ceiling``: the most the
+   fraction could be) and the share of the step's time they take.
 5. **rounding** — ``benchmarks/rounding.py``'s FAISS vs tiled-torch cells.
 6. **memory** — peak RSS of the training process (stage 1) and of generation processes at two
    step counts without the trajectory.

@@ -19,7 +19,9 @@ import torch
 from measure import (
     ROOT,
     flops_per_token,
+    matmul_ceiling,
     matmul_peak,
+    matmul_products,
     read_metrics,
     run_child,
     steady_tokens_per_s,
@@ -183,7 +185,9 @@ def _training_info(
 # ----------------------------------------------------------------------------- 4. speed
 def speed_stage(ctx: Context) -> dict:
     """Training tokens/s and model FLOP/s of every mode in fp32, and in bf16 where the CPU has a
-    bf16 unit, each over the same-dtype matmul peak measured now."""
+    bf16 unit, each over the same-dtype matmul peak measured now; beside it the FLOP/s of the
+    step's own matmuls run alone at its shapes (the most that fraction could be) and the share
+    of the step's time they account for."""
     from textdiff.models.devices import bf16_supported
 
     p, native = ctx.preset, bf16_supported("cpu")
@@ -205,11 +209,16 @@ def speed_stage(ctx: Context) -> dict:
             run = _timed_training(ctx, mode, precision)
             run["model_flops"] = run["tokens_per_s"] * run["flops_per_token"]
             run["fraction_of_peak"] = run["model_flops"] / peaks[precision]["flops"]
+            ceiling = run["matmul_ceiling"]
+            ceiling["fraction_of_peak"] = ceiling["flops"] / peaks[precision]["flops"]
+            run["matmul_share"] = run["model_flops"] / ceiling["flops"]  # of the step's time
             runs.append(run)
             ctx.log(
                 "speed",
                 f"{mode} {precision}: {run['tokens_per_s']:,.0f} tokens/s, "
-                f"{run['model_flops'] / 1e9:.2f} GFLOP/s = {run['fraction_of_peak']:.0%} of peak",
+                f"{run['model_flops'] / 1e9:.2f} GFLOP/s = {run['fraction_of_peak']:.0%} of "
+                f"peak; its matmuls alone would reach {ceiling['fraction_of_peak']:.0%} and "
+                f"take {run['matmul_share']:.0%} of the step",
             )
     return {"peaks": peaks, "runs": runs, "native_bf16": native, "bf16_skipped": skipped}
 
@@ -269,6 +278,8 @@ def _timed_training(ctx: Context, mode: str, precision: str) -> dict:
         mask_token_id=tok.mask_token_id,
     )
     fpt, how = flops_per_token(hf, batch)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    ceiling = matmul_ceiling(dtype, matmul_products(hf, batch))  # the child has ended
     return {
         "mode": mode,
         "precision": precision,
@@ -280,6 +291,7 @@ def _timed_training(ctx: Context, mode: str, precision: str) -> dict:
         **rate,
         "flops_per_token": fpt,
         "flops_counted_as": how,
+        "matmul_ceiling": ceiling,
     }
 
 

@@ -38,6 +38,7 @@ from ..diffusion.registry import get_process_spec
 from ..diffusion.settings import ProcessConfig, SampleConfig, saved_sample_settings
 from ..schema import from_dict
 from .config import ModelConfig
+from .dropout import Dropout
 
 
 def sinusoidal_angles(positions: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -135,7 +136,7 @@ class Block(nn.Module):
         self.proj = nn.Linear(D, D)
         self.fc1 = nn.Linear(D, int(cfg.mlp_ratio * D))
         self.fc2 = nn.Linear(int(cfg.mlp_ratio * D), D)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(
         self, x: Tensor, attn_bias: Tensor | None = None, phases: tuple | None = None
@@ -180,7 +181,7 @@ class TextDiffusionModel(PreTrainedModel):
         in_dim = cfg.embed_dim * (2 if cfg.self_conditioning else 1) + cfg.pos_dim
         self.in_proj = nn.Linear(in_dim, D)
         self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.ln_out = nn.LayerNorm(D)
         out_dim = cfg.embed_dim if cfg.output == "embedding" else cfg.vocab_size
