@@ -45,11 +45,12 @@ def reuse_freed_memory() -> bool:
     reuse, instead of mapping each large block afresh from the OS and returning it on free.
 
     A training step on a CPU allocates and frees (batch × positions × vocabulary)-sized
-    tensors many times; glibc maps each one above 32 MiB afresh, so its pages fault in again at
-    every step, which can cost more than the arithmetic on them (configs/lm.yaml's 4,000-piece
-    vocabulary: 1.2–1.4× training throughput on a 2-core Xeon; at E2E's 821 words the tensors
-    stay under that size and nothing changes measurably). The price: memory once used stays
-    with the process until it exits.
+    tensors many times; glibc maps each one above 32 MiB afresh, and gives the top of its heap
+    back to the OS once more than twice its current mmap threshold is free there, so pages
+    fault in again at every step, which can cost more than the arithmetic on them
+    (configs/lm.yaml's 4,000-piece vocabulary: 1.2–1.4× training throughput on a 2-core Xeon;
+    a sampling step at Diffusion-LM's size, with 8–16 MiB activations: 1.3× fp32, 1.9× bf16).
+    The price: memory once used stays with the process until it exits.
     Called by the trainer (``train.reuse_memory``) and the ``textdiff`` command; it affects the
     whole process and cannot be undone. Returns whether it took effect: False off Linux or
     without glibc (musl's mallopt does nothing), where nothing changes. Setting
