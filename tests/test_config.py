@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from textdiff.diffusion.settings import ProcessConfig
 from textdiff.infra.config import ConfigError, ExperimentConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -134,6 +135,12 @@ def test_settings_written_by_earlier_versions_load_under_todays_names(tmp_path):
     assert cfg.process.chain_length == 300
     with pytest.raises(ConfigError, match="at most 300 steps"):
         load_config(write(tmp_path, "process:\n  num_steps: 300\nsample:\n  steps: 500\n"))
+
+    # a removed setting loads at the value that behaves as today, and is refused at any other
+    text = "process:\n  self_condition_start: {}\n"
+    assert load_config(write(tmp_path, text.format("zeros"))).process == ProcessConfig()
+    with pytest.raises(ConfigError, match="self_condition_start: 'evidence' is no longer"):
+        load_config(write(tmp_path, text.format("evidence")))
 
 
 # ------------------------------------------------------------------ hostile values and files

@@ -5,7 +5,9 @@ them.
 :class:`ConfigError` naming the valid choices; ints widen to floats; YAML 1.1's ``1e-3`` (read as
 a string) is a float; a float must be finite (no NaN or infinity) and a mapping holds at most
 :data:`MAX_ENTRIES` entries. A dataclass may list renamed keys in ``ALIASES`` (old name → new
-name) so that files written by an earlier textdiff still load. Standard library only.
+name) so that files written by an earlier textdiff still load, and removed keys in ``RETIRED``
+(key → the value that behaves as today): saved with that value they are skipped, with another
+they are refused. Standard library only.
 """
 
 from __future__ import annotations
@@ -108,8 +110,16 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     aliases = getattr(cls, "ALIASES", {})
+    retired = getattr(cls, "RETIRED", {})
     kwargs = {}
     for key, value in data.items():
+        if key in retired:
+            if value == retired[key]:
+                continue
+            raise ConfigError(
+                f"{where + '.' if where else ''}{key}: {value!r} is no longer available (the "
+                f"setting was removed; {retired[key]!r} is what textdiff does now)"
+            )
         key = aliases.get(key, key)
         path = f"{where}.{key}" if where else key
         if key not in fields:

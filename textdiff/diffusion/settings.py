@@ -20,6 +20,8 @@ class ProcessConfig:
     """The forward process (docs/math.md §2–3)."""
 
     ALIASES: ClassVar[dict[str, str]] = {"num_steps": "chain_length"}  # textdiff ≤ 0.1 names
+    # removed after one development stop; model folders saved meanwhile carry the default
+    RETIRED: ClassVar[dict[str, object]] = {"self_condition_start": "zeros"}
 
     # a registered process: gaussian | mask | autoregressive (the GPT-2-architecture baseline,
     # trained by the same trainer)
