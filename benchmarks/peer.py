@@ -4,11 +4,13 @@ Both are built in one process at one size (:class:`Size`, x0 prediction, sqrt sc
 dropout 0.1) and timed on random ids in alternating turns, medians, in fp32 and (where the CPU
 has a bf16 unit) bf16 autocast: a training step (loss forward + backward + AdamW, neither side's
 clipping, LR schedule, logging or EMA) and one DDPM sampling step for 64 sequences in each
-library's own loop, no clamping. The reference is imported from ``../shared/tools/dlm-speed/``
-(never copied, its files unedited), patched at run time for today's libraries.
+library's own loop, no clamping. textdiff's network runs under ``torch.compile`` as with
+``train.compile: true`` (``--eager`` for without). The reference is imported from
+``../shared/tools/dlm-speed/`` (never copied, its files unedited), patched at run time for
+today's libraries.
 
-Usage: ``.venv/bin/python benchmarks/peer.py [--smoke] [--json PATH] [--threads N]``, or as the
-stage ``peer`` of ``benchmarks/run.py``.
+Usage: ``.venv/bin/python benchmarks/peer.py [--smoke] [--eager] [--json PATH] [--threads N]``,
+or as the stage ``peer`` of ``benchmarks/run.py``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ class Size:
     chain: int = 2000
     sample_steps: int = 200  # textdiff's grid; a step costs the same on any grid
     seed: int = 0
-    compile: bool = False  # textdiff's train.compile (torch.compile; compiled in the warm-up)
+    # textdiff's train.compile (torch.compile; compiled in the warm-up): on, as the configs for
+    # long runs ship it (configs/lm.yaml)
+    compile: bool = True
 
 
 def _alias_moved_helpers() -> list[str]:
@@ -329,7 +333,7 @@ def mfu(result: dict, sides: dict, size: Size, log=print) -> dict:
     return out
 
 
-def measure_peer(budget: PeerBudget, log=print, compile: bool = False) -> dict:
+def measure_peer(budget: PeerBudget, log=print, compile: bool = True) -> dict:
     """Build both sides; time training, then sampling, in fp32 (and bf16 where native);
     ``compile``: textdiff's network under torch.compile."""
     size = Size(compile=compile)
@@ -352,6 +356,7 @@ def measure_peer(budget: PeerBudget, log=print, compile: bool = False) -> dict:
         "params": {**params, "ratio": params["textdiff"] / params["reference"]},
         "bf16_skipped": None if native else "the CPU has no bf16 unit (AVX-512-BF16 or AMX)",
         "textdiff_fused_adamw": bool(sides["textdiff"].opt.defaults.get("fused")),
+        "textdiff_compiled": compile,
         "allocator": allocator,
         "train": {},
         "sample": {},
@@ -376,6 +381,7 @@ def peer_stage(ctx) -> dict:
 def peer_section(peer: dict) -> str:
     """textdiff against Diffusion-LM's code (the peer stage): heading, medians, ratios."""
     m, s, n = {**peer["machine"], **peer["reference"]}, peer["size"], peer["params"]
+    compiled = "compiled (torch.compile)" if peer.get("textdiff_compiled") else "eager"
     rows = [
         [f"{label}, {precision}", *(f"{x[k][key]:{fmt}}" for k in ("textdiff", "reference"))]
         + [f"{x['ratio']:.3f}", x["textdiff"]["n"]]
@@ -390,7 +396,8 @@ def peer_section(peer: dict) -> str:
         f"{n['textdiff']:,}, Diffusion-LM {n['reference']:,}. Training step: loss forward + "
         f"backward + AdamW (textdiff's fused: {'yes' if peer['textdiff_fused_adamw'] else 'no'}; "
         "no clipping, LR schedule, logging or EMA on either side); sampling step: DDPM, no "
-        f"clamping; medians, taking turns; the reference's attention: {m['attention']}.",
+        f"clamping; medians, taking turns; the reference's attention: {m['attention']}; "
+        f"textdiff's network {compiled}.",
         table(["measure", "textdiff", "Diffusion-LM", "textdiff ÷ Diffusion-LM", "steps"], rows),
     ]
     if peer.get("mfu"):
@@ -418,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="2 warm-up + 3 timed steps (it runs)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one a core)")
-    p.add_argument("--compile", action="store_true", help="textdiff with train.compile")
+    p.add_argument(
+        "--eager", action="store_true", help="textdiff's network eager (default: compiled)"
+    )
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -429,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         budget = PRESETS["smoke" if args.smoke else "full"].peer
-        result = measure_peer(budget, log=log, compile=args.compile)
+        result = measure_peer(budget, log=log, compile=not args.eager)
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -176,11 +176,15 @@ def test_sampling_temperature_reaches_every_step_of_a_posterior_model():
 
 
 def test_rotary_scores_depend_on_the_offset_only_and_change_the_network():
-    from textdiff.models.modeling import rotate, sinusoidal_angles
+    from textdiff.models.modeling import rotary_tables, rotate, sinusoidal_angles
 
     q, k = torch.randn(16), torch.randn(16)
-    angles = sinusoidal_angles(torch.arange(40), 16)
-    cos, sin = angles.cos().float(), angles.sin().float()
+    angles = sinusoidal_angles(torch.arange(40), 16).float()
+    cos, sin = rotary_tables(angles)
+    # each pair (q_2i, q_2i+1) turned by its angle, written out: the same floats, bit for bit
+    c, s = angles.cos(), angles.sin()
+    pairs = torch.stack((q[0::2] * c - q[1::2] * s, q[0::2] * s + q[1::2] * c), dim=-1)
+    assert torch.equal(rotate(q.expand(40, 16), cos, sin), pairs.flatten(-2))
     qs, ks = rotate(q.expand(40, 16), cos, sin), rotate(k.expand(40, 16), cos, sin)
     scores = qs @ ks.T  # scores[i, j] for the same q and k placed at positions i and j
     for offset in (-7, 0, 3):
