@@ -153,3 +153,47 @@ def test_mask_sampler_refuses_gaussian_options():
         p.sample(Uniform(), (1, 3), steps=2, clamp=True)
     with pytest.raises(ValueError, match="unknown sampler 'ddim' for mask noise"):
         p.sample(Uniform(), (1, 3), steps=2, sampler="ddim")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("exclude", [None, 3])
+def test_token_nll_is_cross_entropy_with_its_gradient(dtype, exclude):
+    """The losses' shared NLL against autograd through F.cross_entropy: the same values, the
+    gradient to float32 rounding (bf16: the same bf16), zero gradient at the excluded column,
+    and the caller's logits left as they were."""
+    import torch.nn.functional as F
+
+    from textdiff.diffusion.base import token_nll
+
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(4, 6, 50, generator=gen) * 3).to(dtype)
+    target = torch.randint(4, 50, (4, 6), generator=gen)
+    weight = torch.rand(4, 6, generator=gen)
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    nll = token_nll(a, target, exclude)
+    x = b.float()
+    if exclude is not None:
+        x = x.clone()
+        x[..., exclude] = float("-inf")
+    ref = F.cross_entropy(x.flatten(0, 1), target.flatten(), reduction="none").view(4, 6)
+    (nll * weight).sum().backward()
+    (ref * weight).sum().backward()
+    assert nll.dtype == torch.float32 and torch.equal(nll, ref)
+    assert a.grad.dtype == dtype
+    if dtype == torch.bfloat16:
+        assert torch.equal(a.grad, b.grad)
+    else:
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-6)
+        assert not torch.allclose(a.grad, torch.zeros_like(a.grad))
+    if exclude is not None:
+        assert torch.all(a.grad[..., exclude] == 0)
+        assert torch.isinf(token_nll(logits, torch.full_like(target, exclude), exclude)).all()
+    assert torch.equal(a.detach(), logits)  # not written into
+
+
+def test_token_nll_gradient_matches_finite_differences():
+    from textdiff.diffusion.base import token_nll
+
+    logits = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 4, 6])
+    assert torch.autograd.gradcheck(lambda x: token_nll(x, target, 2), (logits,))

@@ -16,7 +16,15 @@ import torch
 from torch import Tensor
 
 from .absorbing_samplers import MASK_SAMPLERS
-from .base import Denoiser, ForwardProcess, LossTerms, Run, inside_sentence, stratified_times
+from .base import (
+    Denoiser,
+    ForwardProcess,
+    LossTerms,
+    Run,
+    inside_sentence,
+    stratified_times,
+    token_nll,
+)
 from .schedules import KeepSchedule, get_keep_schedule
 
 T_MIN = 1e-5  # times are drawn from [T_MIN, 1]: at t → 0 nothing is masked and the weight → ∞
@@ -61,11 +69,15 @@ class MaskProcess(ForwardProcess):
     def log_probs(self, model: Denoiser, z: Tensor, start: int = 0) -> Tensor:
         """``log p_θ(· | z_t)`` (B, L − start, V) in float32, with [MASK] never predicted; the
         first ``start`` positions (a clean condition) are read but not predicted."""
-        t = torch.zeros(z.shape[0], device=z.device)  # not time-conditioned (module docstring)
-        x = model.embed(z)
-        logits = (model(x, t, start=start) if start else model(x, t)).float()
+        logits = self._logits(model, z, start).float()
         logits[..., self.mask_id] = float("-inf")
         return logits.log_softmax(-1)
+
+    def _logits(self, model: Denoiser, z: Tensor, start: int = 0) -> Tensor:
+        """The network's logits (B, L − start, V), in its dtype."""
+        t = torch.zeros(z.shape[0], device=z.device)  # not time-conditioned (module docstring)
+        x = model.embed(z)
+        return model(x, t, start=start) if start else model(x, t)
 
     def _masked_nll(self, model: Denoiser, ids: Tensor, t: Tensor, generator, clean) -> tuple:
         """Per sequence: ``Σ_{i: z_t,i = MASK} −log p_θ(w_i | z_t)`` and the number of masks;
@@ -78,8 +90,7 @@ class MaskProcess(ForwardProcess):
         if clean is not None:  # a clean position may hold [MASK] itself: the null condition
             z, masked = torch.where(clean, ids, z), masked & ~clean
             start = int(clean.all(0).int().cumprod(0).sum())  # the clean prefix's length
-        log_probs = self.log_probs(model, z, start)
-        nll = -log_probs.gather(-1, ids[:, start:, None])[..., 0]  # (B, L − start)
+        nll = token_nll(self._logits(model, z, start), ids[:, start:], self.mask_id)  # (B, L − s)
         masked = masked[:, start:]
         return torch.where(masked, nll, 0.0).sum(1), masked.sum(1)  # nll is inf at a null [MASK]
 

@@ -22,11 +22,10 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .absorbing import filter_probs
-from .base import ForwardProcess, LossTerms, Run, Sampler
+from .base import ForwardProcess, LossTerms, Run, Sampler, token_nll
 
 
 class AutoregressiveObjective(ForwardProcess):
@@ -55,11 +54,8 @@ class AutoregressiveObjective(ForwardProcess):
 
     def _token_nll(self, model, ids: Tensor, clean=None) -> tuple[Tensor, Tensor]:
         """Per-position NLL (B, L) and the mask of counted positions."""
-        logits = self._logits(model, ids).float()
         # read along V, the last dim: over a (B, V, L) transpose it is twice the time on CPU
-        nll = F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none")
-        nll = nll.view(ids.shape)
-        return nll, self._counted(ids, clean)
+        return token_nll(self._logits(model, ids), ids), self._counted(ids, clean)
 
     def loss(self, model, ids: Tensor, *, generator=None, t=None, clean=None) -> LossTerms:
         """Mean next-token cross-entropy per counted token."""

@@ -17,10 +17,9 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Denoiser, ForwardProcess, LossTerms, stratified_times
+from .base import Denoiser, ForwardProcess, LossTerms, stratified_times, token_nll
 from .gaussian_samplers import GAUSSIAN_SAMPLERS, GaussianSampling
 from .schedules import Schedule, get_schedule
 
@@ -294,12 +293,7 @@ class GaussianProcess(GaussianSampling, ForwardProcess):
             mse = _mean(_bcast(w, out) * (out - eps).pow(2), noised)
         prior = self.alpha_bar(1.0).float() * _mean(x0.pow(2), noised)
         h0, _ = self.q_sample(x0, 0.0, generator=generator)
-        logits = model.logits(h0).flatten(0, 1).float()  # (B·L, V)
-        if noised is None:
-            rounding = F.cross_entropy(logits, ids.flatten())
-        else:
-            ce = F.cross_entropy(logits, ids.flatten(), reduction="none")
-            rounding = _mean(ce.view(ids.shape), noised)
+        rounding = _mean(token_nll(model.logits(h0), ids), noised)  # logits (B, L, V)
         total = mse + prior + rounding + sum(terms.values())
         terms.update(mse=mse, prior=prior, rounding=rounding)
         return LossTerms(total, {k: v.detach() for k, v in terms.items()})
