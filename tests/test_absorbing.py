@@ -160,8 +160,7 @@ def test_mask_sampler_refuses_gaussian_options():
 def test_token_nll_is_cross_entropy_with_its_gradient(dtype, exclude):
     """The losses' shared NLL against autograd through F.cross_entropy: the same values, the
     gradient to float32 rounding (bf16: the same bf16), zero gradient at the excluded column
-    (targets elsewhere),
-    and the caller's logits left as they were."""
+    (targets elsewhere), and the caller's logits left as they were."""
     import torch.nn.functional as F
 
     from textdiff.diffusion.base import token_nll
