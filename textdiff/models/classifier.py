@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .config import ModelConfig
-from .modeling import Block, init_weights, sinusoidal, sinusoidal_angles
+from .modeling import Block, init_weights, rotary_tables, sinusoidal, sinusoidal_angles
 
 POOLINGS = ("max", "mean")
 
@@ -112,7 +112,7 @@ class LatentClassifier(PreTrainedModel):
         angles = sinusoidal_angles(
             torch.arange(L, device=x_t.device), cfg.hidden_size // cfg.num_heads
         )
-        phases = (angles.cos().to(h.dtype), angles.sin().to(h.dtype))
+        phases = tuple(z.to(h.dtype) for z in rotary_tables(angles))
         for block in self.blocks:
             h = block(h, None, phases)
         h = self.ln_out(h)
