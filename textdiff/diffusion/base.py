@@ -262,6 +262,7 @@ class _TokenNLL(torch.autograd.Function):
 
 
 def _minus_one(like: Tensor) -> Tensor:
+    """−1 for every row of ``like`` (..., V), shaped (..., 1): the one-hot's scatter source."""
     return torch.full((1,), -1.0, dtype=like.dtype, device=like.device).expand(*like.shape[:-1], 1)
 
 
