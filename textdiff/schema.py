@@ -113,15 +113,15 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
     retired = getattr(cls, "RETIRED", {})
     kwargs = {}
     for key, value in data.items():
+        key = aliases.get(key, key)
+        path = f"{where}.{key}" if where else key
         if key in retired:
             if value == retired[key]:
                 continue
             raise ConfigError(
-                f"{where + '.' if where else ''}{key}: {value!r} is no longer available (the "
-                f"setting was removed; {retired[key]!r} is what textdiff does now)"
+                f"{path}: {value!r} is no longer available (the setting was removed; "
+                f"{retired[key]!r} is what textdiff does now)"
             )
-        key = aliases.get(key, key)
-        path = f"{where}.{key}" if where else key
         if key not in fields:
             raise ConfigError(
                 f"unknown config key {short_repr(path)}; valid keys: {sorted(fields)}"

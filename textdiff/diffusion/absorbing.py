@@ -70,7 +70,7 @@ class MaskProcess(ForwardProcess):
         """``log p_θ(· | z_t)`` (B, L − start, V) in float32, with [MASK] never predicted; the
         first ``start`` positions (a clean condition) are read but not predicted."""
         logits = self._logits(model, z, start).float()
-        logits[..., self.mask_id] = float("-inf")
+        logits[..., self.mask_id] = float("-inf")  # the network's output: ours to overwrite
         return logits.log_softmax(-1)
 
     def _logits(self, model: Denoiser, z: Tensor, start: int = 0) -> Tensor:
