@@ -1,6 +1,7 @@
 """A user's own corpus: sizes settled from the data (seq_len / embed_dim auto), the [UNK]
 warning, and the word table's separation reported at the end of training."""
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -67,3 +68,20 @@ def test_word_table_figures_show_rows_that_collapse():
     assert figures["roundtrip"] == pytest.approx(9 / 10)
     assert figures["margin_min"] == pytest.approx(0.0, abs=1e-3)
     assert figures["margin_median"] == pytest.approx(3.0 * math.sqrt(2), rel=1e-5)
+
+
+def test_the_mask_config_is_lm_yaml_with_a_table_for_mask_noise():
+    # configs/lm-mask.yaml reads the same data with the same recipe (plus weight decay); the
+    # network's input differs: a table as wide as the Transformer, free rows, no
+    # self-conditioning column
+    lm = load_config(ROOT / "configs" / "lm.yaml")
+    mask = load_config(ROOT / "configs" / "lm-mask.yaml")
+    assert mask.data == lm.data
+    own = {"output_dir": lm.train.output_dir, "weight_decay": lm.train.weight_decay}
+    assert dataclasses.replace(mask.train, **own) == lm.train and mask.train.weight_decay > 0
+    assert (mask.process.noise, lm.process.noise) == ("mask", "gaussian")
+    assert mask.model.embed_dim == mask.model.hidden_size
+    assert mask.model.embed_norm is None and not mask.model.self_conditioning
+    same = ("seq_len", "pos_dim", "hidden_size", "num_layers", "num_heads", "mlp_ratio")
+    for name in (*same, "dropout", "rotary"):
+        assert getattr(mask.model, name) == getattr(lm.model, name), name
