@@ -85,3 +85,19 @@ def test_the_mask_config_is_lm_yaml_with_a_table_for_mask_noise():
     same = ("seq_len", "pos_dim", "hidden_size", "num_layers", "num_heads", "mlp_ratio")
     for name in (*same, "dropout", "rotary"):
         assert getattr(mask.model, name) == getattr(lm.model, name), name
+
+
+def test_self_conditioning_on_a_mask_model_is_warned_about(caplog):
+    # lm.yaml's self-conditioning columns would read zeros in a [MASK] model: say so, once per
+    # load; lm-mask.yaml, the Gaussian lm.yaml and the AR mode (a causal LM) stay quiet
+    mask = ["process.noise=mask", "process.schedule=linear", "sample.sampler=confidence"]
+    ar = ["process.noise=autoregressive", "sample.sampler=ancestral", "sample.options={}"]
+    with caplog.at_level(logging.WARNING, logger="textdiff.infra.config"):
+        load_config(ROOT / "configs" / "lm.yaml", mask)
+    assert "model.self_conditioning does nothing for mask models" in caplog.text
+    for path, overrides in (("lm-mask.yaml", []), ("lm.yaml", []), ("lm.yaml", ar)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="textdiff.infra.config"):
+            cfg = load_config(ROOT / "configs" / path, overrides)
+        assert "self_conditioning" not in caplog.text, (path, overrides)
+    assert cfg.model.self_conditioning  # the AR run's config keeps it: nothing reads it

@@ -38,6 +38,8 @@ class ProcessSpec:
         conditional: whether a condition part (``condition_len``: data-to-text) applies.
         templates: whether infilling templates apply.
         fixed_steps: the number of network calls is set by the length, not by ``steps``.
+        self_conditioning: whether the denoiser is given its previous estimate
+            (``model.self_conditioning`` applies).
         check: further rules on ``(process, sample, where)`` settings (``where`` as in
             :meth:`check_sample`); raises :class:`ConfigError`.
     """
@@ -51,6 +53,7 @@ class ProcessSpec:
     conditional: bool = True
     templates: bool = True
     fixed_steps: bool = False
+    self_conditioning: bool = False
     check: Callable[[ProcessConfig, SampleConfig, str], None] | None = None
 
     @property
@@ -166,6 +169,7 @@ register_process(
         schedules=tuple(SCHEDULES),
         output=lambda p: "logits" if p.prediction == "posterior" else "embedding",
         check=_check_gaussian,
+        self_conditioning=True,
     )
 )
 register_process(

@@ -10,6 +10,7 @@ is checked by :mod:`textdiff.infra.resources`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import typing
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,8 @@ from ..diffusion.schedules import get_schedule
 from ..diffusion.settings import MAX_STEPS, ProcessConfig, SampleConfig
 from ..models.config import ModelConfig
 from ..schema import ConfigError, check_positive, from_dict, short_repr
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ConfigError",
@@ -192,6 +195,16 @@ class ExperimentConfig:
         spec = get_process_spec(self.process.noise)
         spec.check_output(self.process, self.model.output)
         spec.check_sample(self.process, self.sample)
+        if (
+            self.model.self_conditioning
+            and spec.network == "denoiser"
+            and not spec.self_conditioning
+        ):
+            logger.warning(
+                "model.self_conditioning does nothing for %s models (they have no previous "
+                "estimate: its input columns would read zeros); set it false",
+                self.process.noise,
+            )
         C = self.process.condition_len
         if C and self.model.seq_len != "auto" and C > self.model.seq_len - 2:
             raise ConfigError(
