@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .config import ModelConfig
-from .modeling import Block, init_weights, rotary_tables, sinusoidal, sinusoidal_angles
+from .modeling import Block, init_weights, position_phases, sinusoidal
 
 POOLINGS = ("max", "mean")
 
@@ -109,10 +109,7 @@ class LatentClassifier(PreTrainedModel):
         h = self.in_proj(torch.cat([x_t, e.expand(B, L, cfg.pos_dim)], -1))
         temb = sinusoidal(t.reshape(B) * 1000.0, h.shape[-1]).to(h.dtype)
         h = h + self.time_mlp(temb)[:, None, :]
-        angles = sinusoidal_angles(
-            torch.arange(L, device=x_t.device), cfg.hidden_size // cfg.num_heads
-        )
-        phases = tuple(z.to(h.dtype) for z in rotary_tables(angles))
+        phases = position_phases(L, cfg.hidden_size // cfg.num_heads, x_t.device, h.dtype)
         for block in self.blocks:
             h = block(h, None, phases)
         h = self.ln_out(h)

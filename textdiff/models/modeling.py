@@ -124,6 +124,13 @@ def rotary_tables(angles: Tensor) -> tuple[Tensor, Tensor]:
     return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
 
+def position_phases(length: int, head_dim: int, device, dtype: torch.dtype) -> tuple:
+    """:func:`rotary_tables` for positions ``0 … length − 1`` and heads of ``head_dim``, in
+    ``dtype``: what the denoiser (cached) and the latent classifier hand their blocks."""
+    angles = sinusoidal_angles(torch.arange(length, device=device), head_dim)
+    return tuple(z.to(dtype) for z in rotary_tables(angles))
+
+
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate each pair ``(x_{2k}, x_{2k+1})`` of the last axis by the angle of its position:
     ``x`` (..., L, dh), ``cos`` / ``sin`` (L, dh) from :func:`rotary_tables`. Then
@@ -265,11 +272,10 @@ class TextDiffusionModel(PreTrainedModel):
         return self.head(self.ln_out(h[:, start:] if start else h))
 
     def rotary_phases(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple:
-        """Cached :func:`rotary_tables` of the rotary angles, (L, head_dim) each."""
+        """Cached :func:`position_phases`, (L, head_dim) each."""
         key = ("rotary", length, device, dtype)
         if key not in self._positions:
-            angles = sinusoidal_angles(torch.arange(length, device=device), self.head_dim)
-            self._positions[key] = tuple(z.to(dtype) for z in rotary_tables(angles))
+            self._positions[key] = position_phases(length, self.head_dim, device, dtype)
         return self._positions[key]
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
