@@ -50,10 +50,13 @@ def reuse_freed_memory() -> bool:
     fault in again at every step, which can cost more than the arithmetic on them
     (configs/lm.yaml's 4,000-piece vocabulary: 1.2–1.4× training throughput on a 2-core Xeon;
     a sampling step at Diffusion-LM's size, with 8–16 MiB activations: 1.3× fp32, 1.9× bf16).
-    The price: memory once used stays with the process until it exits.
+    Freed blocks stay mapped once the heap has grown to fit each size with its alignment slack
+    (a few steps). The price: memory once used stays with the process until it exits.
     Called by the trainer (``train.reuse_memory``) and the ``textdiff`` command; it affects the
     whole process and cannot be undone. Returns whether it took effect: False off Linux or
-    without glibc (musl's mallopt does nothing), where nothing changes. Setting
+    without glibc (musl's mallopt does nothing), or when another allocator serves this
+    process's ``malloc`` (jemalloc or tcmalloc through ``LD_PRELOAD``: glibc's settings would
+    not reach it), where nothing changes. Setting
     ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` before Python starts does the
     same."""
     if not sys.platform.startswith("linux"):
@@ -61,7 +64,13 @@ def reuse_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
+        if _address(ctypes.CDLL(None).posix_memalign) != _address(libc.posix_memalign):
+            return False  # torch's CPU allocator calls posix_memalign: someone else's
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_TOP))
+
+
+def _address(function) -> int | None:
+    return ctypes.cast(function, ctypes.c_void_p).value
