@@ -115,6 +115,43 @@ def test_confidence_reveals_exactly_k_positions_a_step():
         assert ((z == MASK).sum(1) == masks).all()
 
 
+@pytest.mark.parametrize("c", [0.0, 1.0, 2.0])
+def test_confidence_temperature_orders_reveals_by_gumbel_max(c):
+    """Positions whose predictions are uniform over 1, 2 and 4 tokens have confidences 0, −log 2
+    and −log 4; with Gumbel noise of scale ``c · t`` on them, the first position revealed (at
+    t = 1) is position i with probability ∝ m_i^(−1/c) (the Gumbel-max trick); with c = 0 always
+    the certain one."""
+
+    class Spread(Knows):
+        def __call__(self, x, t):
+            self.calls += 1
+            out = torch.full((*x.shape[:2], V + 1), -1e4)
+            for i, m in enumerate((1, 2, 4)):
+                out[:, i, 2 : 2 + m] = 0.0
+            return out
+
+    B = 4000
+    out = mask_process().sample(
+        Spread(None),
+        (B, 3),
+        steps=3,
+        sampler="confidence",
+        confidence_temperature=c,
+        return_trajectory=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    first = out.trajectory[0] != MASK
+    assert (first.sum(1) == 1).all()  # one reveal at the first step
+    share = first.double().mean(0)
+    if c == 0:
+        assert share.tolist() == [1.0, 0.0, 0.0]
+        return
+    expected = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64) ** (-1 / c)
+    expected /= expected.sum()
+    se = (expected * (1 - expected) / B).sqrt()
+    assert ((share - expected).abs() < 4 * se).all(), (share, expected)
+
+
 @pytest.mark.parametrize("tau", [1.0, 0.5, 0.25])
 def test_length_first_draws_the_length_from_the_models_eos_distribution(tau):
     """A denoiser whose [EOS] probability is 3/4 at position 3 and 1/4 at position 7: the placed
