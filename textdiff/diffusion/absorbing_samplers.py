@@ -8,7 +8,9 @@ reveals some masked positions, each with a token drawn from that distribution:
 - ``confidence`` (MaskGIT, Chang et al., 2022): the ``k`` most confident masked positions, ``k``
   set so that the share still masked follows the schedule, ``1 − α(s)``; the confidence of a
   position is the log-probability of its drawn token, plus Gumbel noise scaled by
-  ``confidence_temperature · t`` (annealed to 0);
+  ``c = confidence_temperature · t`` (annealed to 0): by the Gumbel-max trick the first
+  position revealed is ``i`` with probability ``p_i^(1/c) / Σ_j p_j^(1/c)``, plain confidence
+  order as ``c → 0`` and a uniform order as ``c → ∞``;
 - ``threshold`` (Fast-dLLM, Wu et al., 2025): every masked position whose drawn token has
   probability above ``threshold``, and at least the most confident one; it stops as soon as
   nothing is masked, so ``steps`` is the most network calls it makes.
